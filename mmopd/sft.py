@@ -1,0 +1,94 @@
+"""Supervised fine-tuning on reference answers: a teacher's warm-up on its own view, or a student
+cold start. Same loop, checkpoints and resume as OPD; only the step differs (cross-entropy on the
+tokenized answer followed by the end-of-turn token)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmopd.build import (
+    build_processors,
+    build_student_and_tokenizer,
+    build_task,
+    build_teacher_model,
+    build_tokenizer,
+    evaluate_on_task,
+    report_skip,
+)
+from mmopd.config import Config
+from mmopd.losses import cross_entropy
+from mmopd.models import ModelBundle, final_hidden_states, output_head
+from mmopd.sample import Sample
+from mmopd.trainer import BAD_SAMPLE, run_loop
+from mmopd.views import collate, completion_hidden, prepare, student_messages, text_view_messages, with_completions
+
+
+def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+    """Fine-tune `config.sft.target` on answers; the result is saved as a model directory in `run_dir/final`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task, processors = build_task(config.data), build_processors(config.data)
+    if config.sft.target == "teacher":
+        tokenizer = None if config.teacher.model.path else build_tokenizer(config, task)
+        bundle = build_teacher_model(config.teacher.model, tokenizer, config, trainable=True)
+        messages_for = text_view_messages if config.teacher.view == "text" else student_messages
+    else:
+        bundle, _ = build_student_and_tokenizer(config, task)
+        messages_for = student_messages
+
+    def step_fn(step: int, samples: list[Sample]) -> dict[str, Any]:
+        metrics, reasons = sft_step(bundle, samples, messages_for, processors, config)
+        for reason in reasons:
+            report_skip(run_dir / "skipped.txt", reason)
+        return metrics
+
+    def eval_fn() -> dict[str, float]:
+        return evaluate_on_task(config, task, processors, bundle, messages_for)
+
+    summary = run_loop(
+        config,
+        run_dir,
+        resume,
+        stop_after,
+        bundle,
+        step_fn,
+        eval_fn,
+        task.train_samples(),
+        config.sft.lr,
+        config.sft.warmup_steps,
+        steps=config.sft.steps,
+        batch_size=config.sft.batch_size,
+    )
+    if summary["steps"] == config.sft.steps:
+        bundle.save(run_dir / "final")
+    return summary
+
+
+def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Config) -> tuple[dict, list[str]]:
+    prepared, answers, skipped = [], [], []
+    for sample in samples:
+        try:
+            if sample.answer is None:
+                raise ValueError(f"sample {sample.id!r} has no answer to fine-tune on")
+            prepared.append(prepare(sample, messages_for(sample), bundle, processors))
+            answers.append(answer_ids(bundle, sample.answer))
+        except (*BAD_SAMPLE, ValueError) as error:
+            if config.data.on_error == "raise":
+                raise
+            skipped.append(str(error))
+    prompt = collate(prepared, bundle)
+    inputs = with_completions(prompt, answers, bundle.tokenizer.pad_token_id)
+    hidden = completion_hidden(final_hidden_states(bundle.model, inputs), prompt["input_ids"].shape[1], answers)
+    targets = torch.tensor([t for a in answers for t in a], dtype=torch.long)  # (N,)
+    weights = torch.full((len(targets),), 1.0 / len(targets))  # (N,)
+    weight, bias = output_head(bundle.model)
+    loss = cross_entropy(hidden, weight, bias, targets, weights, config.loss.chunk_size)
+    loss.backward()
+    return {"loss": float(loss), "skipped": len(skipped)}, skipped
+
+
+def answer_ids(bundle: ModelBundle, answer: str) -> list[int]:
+    """The answer's tokens and the end-of-turn token the model should learn to stop with."""
+    return bundle.tokenizer(answer, add_special_tokens=False)["input_ids"] + [bundle.tokenizer.eos_token_id]

@@ -1,0 +1,261 @@
+"""The on-policy distillation loop, readable top to bottom: rollout → teacher → loss → step.
+
+Follows on-policy distillation as in GKD (Agarwal et al., 2024) and the Thinking Machines recipe:
+the student samples, the teacher scores those exact tokens, the student minimises a per-token
+divergence on its own samples. Each step reseeds from (seed, step), so a resumed run replays the
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from mmopd.build import Parts, build_parts
+from mmopd.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint, set_rng_state
+from mmopd.config import Config, save_config
+from mmopd.losses import chunked_divergence, policy_gradient_loss, sampled_logprobs
+from mmopd.metrics import MetricsLog
+from mmopd.models import ModelBundle, final_hidden_states, output_head
+from mmopd.sample import MediaError, Rollout, Sample, TeacherSignal
+from mmopd.views import Prepared, SampleError, collate, completion_hidden, prepare, student_messages, with_completions
+
+BAD_SAMPLE = (MediaError, SampleError)
+
+
+def train(config: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+    """On-policy distillation of `config.student` from `config.teacher`; returns the run summary."""
+    parts = build_parts(config, run_dir, with_teacher=True)
+    task, student = parts.task, parts.student
+
+    def step_fn(step: int, samples: list[Sample]) -> dict[str, Any]:
+        return opd_step(parts, samples, config)
+
+    def eval_fn() -> dict[str, float]:
+        return parts.evaluate(student, student_messages)
+
+    return run_loop(
+        config,
+        run_dir,
+        resume,
+        stop_after,
+        student,
+        step_fn,
+        eval_fn,
+        task.train_samples(),
+        config.train.lr,
+        config.train.warmup_steps,
+    )
+
+
+def run_loop(
+    config: Config,
+    run_dir: Path,
+    resume: bool,
+    stop_after: int | None,
+    bundle: ModelBundle,
+    step_fn: Callable[[int, list[Sample]], dict[str, Any]],
+    eval_fn: Callable[[], dict[str, float]],
+    train_samples,
+    peak_lr: float,
+    warmup_steps: int,
+    steps: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """The loop shared by OPD and SFT: schedule, AdamW, eval, logging, checkpoints, exact resume."""
+    cfg = config.train
+    steps = steps or cfg.steps
+    batch_size = batch_size or cfg.batch_size
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    model = bundle.model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=cfg.weight_decay)
+    state = {"step": 0, "accuracy_before": None, "skipped": 0, "wall_seconds": 0.0}
+    checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if checkpoint is not None:
+        load_weights(checkpoint, model)
+        saved = load_state(checkpoint)
+        optimizer.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+        state.update(saved["loop"])
+    elif resume:
+        print(f"no checkpoint in {run_dir}; starting from step 0")
+    log = MetricsLog(run_dir, state["step"], wandb=cfg.wandb)
+    began = time.perf_counter() - state["wall_seconds"]
+    if state["accuracy_before"] is None:
+        state["accuracy_before"] = eval_fn()["accuracy"]
+        log.log({"step": 0, "accuracy": state["accuracy_before"]})
+    progress = tqdm(total=steps, initial=state["step"], disable=not cfg.progress, dynamic_ncols=True)
+    last_eval: dict[str, float] = {"accuracy": state["accuracy_before"]}
+    for step in range(state["step"] + 1, steps + 1):
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        lr = learning_rate(step, steps, peak_lr, warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        record = {"step": step, **step_fn(step, batch_of(train_samples, step, batch_size, cfg.seed)), "lr": lr}
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        record["grad_norm"] = float(grad_norm)
+        optimizer.step()
+        state["skipped"] += record.get("skipped", 0)
+        if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
+            last_eval = eval_fn()
+            record.update(last_eval)
+        log.log(record)
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", kl=f"{record.get('kl', 0):.4f}", acc=last_eval["accuracy"])
+        state["step"] = step
+        state["wall_seconds"] = time.perf_counter() - began
+        if step == steps or step % cfg.checkpoint_every == 0 or step == stop_after:
+            state_dict = {"optimizer": optimizer.state_dict(), "loop": dict(state)}
+            save_checkpoint(run_dir / "checkpoints", step, bundle, state_dict, cfg.keep_checkpoints)
+        if stop_after is not None and step >= stop_after:
+            break
+    progress.close()
+    log.close()
+    return {
+        "steps": state["step"],
+        "accuracy_before": state["accuracy_before"],
+        "accuracy_after": last_eval["accuracy"],
+        "skipped_samples": state["skipped"],
+        "wall_seconds": state["wall_seconds"],
+    }
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int, schedule: str, min_ratio: float) -> float:
+    if step <= warmup:
+        return peak * step / max(warmup, 1)
+    progress = (step - warmup) / max(total - warmup, 1)
+    if schedule == "constant":
+        return peak
+    if schedule == "linear":
+        return peak * (1 - (1 - min_ratio) * progress)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+_ORDER_CACHE: dict[tuple[int, int, int], torch.Tensor] = {}
+
+
+def batch_of(samples, step: int, batch_size: int, seed: int) -> list[Sample]:
+    """Samples of `step`: consecutive slices of a per-epoch permutation, a pure function of (seed, step)."""
+    count = len(samples)
+    batch = []
+    for position in range((step - 1) * batch_size, step * batch_size):
+        epoch, offset = divmod(position, count)
+        key = (seed, epoch, count)
+        if key not in _ORDER_CACHE:
+            _ORDER_CACHE.clear()
+            generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+            _ORDER_CACHE[key] = torch.randperm(count, generator=generator)
+        batch.append(samples[int(_ORDER_CACHE[key][offset])])
+    return batch
+
+
+@dataclass
+class Rendered:
+    """A sample rendered for the student and for the teacher."""
+
+    student: Prepared
+    teacher: Prepared
+
+
+def render_batch(parts: Parts, samples: list[Sample], on_error: str) -> tuple[list[Rendered], list[str]]:
+    """Both views of every sample; a bad sample is skipped (its reason kept) or raises."""
+    rendered, reasons = [], []
+    for sample in samples:
+        try:
+            student_view = prepare(sample, student_messages(sample), parts.student, parts.processors)
+            rendered.append(Rendered(student_view, parts.teacher.prepare(sample)))
+        except BAD_SAMPLE as error:
+            if on_error == "raise":
+                raise
+            reasons.append(str(error))
+    return rendered, reasons
+
+
+def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, Any]:
+    """Sample, score, and accumulate gradients for one optimizer step; returns its metrics."""
+    began = time.perf_counter()
+    rendered, reasons = render_batch(parts, samples, config.data.on_error)
+    for reason in reasons:
+        parts.report_skip(reason)
+    micro = config.train.micro_batch_size
+    groups = [rendered[i : i + micro] for i in range(0, len(rendered), micro)]
+    prompts = [collate([r.student for r in group], parts.student) for group in groups]
+    rollouts = [
+        parts.engine.generate(prompt, [r.student.sample for r in group]) for prompt, group in zip(prompts, groups)
+    ]
+    supervised = sum(len(r.completion_ids) for group in rollouts for r in group)
+    totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
+    signal_bytes = 0
+    for group, prompt, group_rollouts in zip(groups, prompts, rollouts):
+        completions = [r.completion_ids for r in group_rollouts]
+        signal = parts.teacher.score([r.teacher for r in group], completions)
+        signal_bytes += signal.num_bytes()
+        loss, stats = student_loss(parts.student, prompt, group_rollouts, signal, supervised, config)
+        loss.backward()
+        totals["loss"] += float(loss.detach())
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    flat = [r for group in rollouts for r in group]
+    seconds = time.perf_counter() - began
+    return {
+        **totals,
+        "tokens_per_second": supervised / seconds,
+        "completion_tokens": supervised / max(len(flat), 1),
+        "stop_fraction": sum(r.finish_reason == "stop" for r in flat) / max(len(flat), 1),
+        "teacher_bytes_per_token": signal_bytes / max(supervised, 1),
+        "skipped": len(reasons),
+        "step_seconds": seconds,
+    }
+
+
+def student_loss(
+    student: ModelBundle,
+    prompt: dict[str, torch.Tensor],
+    rollouts: list[Rollout],
+    signal: TeacherSignal,
+    supervised_tokens: int,
+    config: Config,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The micro-batch's share of the loss, normalised by the whole step's supervised-token count."""
+    completions = [r.completion_ids for r in rollouts]
+    inputs = with_completions(prompt, completions, student.tokenizer.pad_token_id)
+    hidden = completion_hidden(final_hidden_states(student.model, inputs), prompt["input_ids"].shape[1], completions)
+    weights = torch.full((hidden.shape[0],), 1.0 / supervised_tokens)  # (N,)
+    weight, bias = output_head(student.model)
+    cfg, temperature = config.loss, config.rollout.temperature
+    if cfg.kind == "divergence":
+        loss, kl = chunked_divergence(
+            hidden,
+            weight,
+            bias,
+            signal.hidden,
+            signal.head_weight,
+            signal.head_bias,
+            weights,
+            divergence=cfg.divergence,
+            beta=cfg.beta,
+            chunk_size=cfg.chunk_size,
+            temperature=temperature,
+        )
+        return loss, {"kl": kl}
+    ids = torch.tensor([t for c in completions for t in c], dtype=torch.long)  # (N,)
+    student_logprobs = sampled_logprobs(hidden, weight, bias, ids, cfg.chunk_size, temperature)
+    if signal.kind == "sampled":
+        teacher_logprobs = signal.logprobs
+    else:
+        teacher_logprobs = sampled_logprobs(
+            signal.hidden, signal.head_weight, signal.head_bias, ids, cfg.chunk_size, temperature
+        ).detach()
+    behaviour = torch.tensor([lp for r in rollouts for lp in r.behaviour_logprobs])  # (N,)
+    loss, stats = policy_gradient_loss(student_logprobs, teacher_logprobs, behaviour, weights, cfg.clip_ratio)
+    return loss, {"kl": stats["reverse_kl"], "clip_fraction": stats["clip_fraction"] * weights.sum()}

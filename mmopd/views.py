@@ -1,0 +1,155 @@
+"""Render a Sample for one model: its own template, its own processor, its own view (contract 2).
+
+The student reads the messages with the media; a text-only teacher reads the privileged text in
+place of the media; an OPSD teacher reads the student's messages with the privileged text
+prepended. Each model's processor expands its own media placeholders; nothing is aligned here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmopd.models import ModelBundle
+from mmopd.sample import MediaError, Sample
+
+MEDIA_PART_TYPES = ("image", "video", "audio")
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+class SampleError(ValueError):
+    """A sample that cannot be rendered (empty or over-long prompt, no privileged text)."""
+
+
+@dataclass
+class Prepared:
+    """One sample rendered for one model: its prompt text and its decoded media by kind."""
+
+    sample: Sample
+    text: str
+    media: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def student_messages(sample: Sample) -> list[dict]:
+    return sample.messages
+
+
+def text_view_messages(sample: Sample) -> list[dict]:
+    """The privileged text in place of the media: the first media part becomes the text, the rest go."""
+    if not sample.privileged:
+        raise SampleError(f"sample {sample.id!r}: a text-only teacher needs privileged text, and it has none")
+    messages, placed = [], False
+    for message in sample.messages:
+        content = message["content"]
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part["type"] in MEDIA_PART_TYPES:
+                    if not placed:
+                        parts.append({"type": "text", "text": sample.privileged + "\n"})
+                        placed = True
+                    continue
+                parts.append(part)
+            content = parts
+        messages.append({**message, "content": content})
+    if not placed:
+        messages = opsd_messages(sample, "{privileged}\n")
+    return messages
+
+
+def opsd_messages(sample: Sample, template: str) -> list[dict]:
+    """The student's own messages with the privileged context prepended to the first user turn."""
+    if not sample.privileged:
+        raise SampleError(f"sample {sample.id!r}: an OPSD teacher needs privileged text, and it has none")
+    messages = copy.deepcopy(sample.messages)
+    context = template.format(privileged=sample.privileged)
+    for message in messages:
+        if message["role"] == "user":
+            if isinstance(message["content"], str):
+                message["content"] = context + message["content"]
+            else:
+                message["content"].insert(0, {"type": "text", "text": context})
+            return messages
+    raise SampleError(f"sample {sample.id!r}: no user message to add the privileged context to")
+
+
+def has_media_parts(messages: list[dict]) -> bool:
+    return any(
+        isinstance(m["content"], list) and any(p["type"] in MEDIA_PART_TYPES for p in m["content"]) for m in messages
+    )
+
+
+def prepare(sample: Sample, messages: list[dict], bundle: ModelBundle, processors: dict[str, Any]) -> Prepared:
+    """Decode the media the messages refer to and render the prompt with the model's template."""
+    renderer = bundle.processor or bundle.tokenizer
+    wants_media = has_media_parts(messages)
+    if wants_media and not bundle.is_multimodal:
+        raise SampleError(f"sample {sample.id!r}: a text-only model cannot read media")
+    text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not text.strip() or not any(_message_text(m).strip() for m in messages):
+        raise SampleError(f"sample {sample.id!r}: empty prompt")
+    media: dict[str, list[Any]] = {}
+    if wants_media:
+        for ref in sample.media():
+            if ref.kind not in processors:
+                raise MediaError(sample.id, ref.describe(), f"no processor for {ref.kind} media")
+            media.setdefault(ref.kind, []).append(processors[ref.kind].load(ref, sample.id))
+    return Prepared(sample, text, media)
+
+
+def _message_text(message: dict) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return " ".join(p.get("text", p["type"]) for p in content)
+
+
+def collate(prepared: list[Prepared], bundle: ModelBundle) -> dict[str, torch.Tensor]:
+    """Left-padded model inputs for a batch of prompts (left, so every prompt ends at the same column)."""
+    bundle.tokenizer.padding_side = "left"
+    texts = [p.text for p in prepared]
+    if not bundle.is_multimodal:
+        return dict(bundle.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
+    kwargs = {}
+    for kind, key in (("image", "images"), ("video", "videos"), ("audio", "audio")):
+        items = [item for p in prepared for item in p.media.get(kind, [])]
+        if items:
+            kwargs[key] = items
+    return dict(bundle.processor(text=texts, return_tensors="pt", padding=True, **kwargs))
+
+
+def prompt_lengths(inputs: dict[str, torch.Tensor]) -> list[int]:
+    return inputs["attention_mask"].sum(dim=1).tolist()
+
+
+def with_completions(
+    prompt: dict[str, torch.Tensor], completions: list[list[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Prompt (left-padded to P) + completion ids (right-padded to C): inputs for scoring.
+
+    The hidden state at column P - 1 + j predicts completion token j of every row.
+    """
+    batch, width = prompt["input_ids"].shape
+    longest = max((len(c) for c in completions), default=0)
+    ids = torch.full((batch, longest), pad_id, dtype=torch.long)  # (B, C)
+    mask = torch.zeros((batch, longest), dtype=prompt["attention_mask"].dtype)  # (B, C)
+    for row, completion in enumerate(completions):
+        ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+        mask[row, : len(completion)] = 1
+    inputs = dict(prompt)
+    inputs["input_ids"] = torch.cat([prompt["input_ids"], ids], dim=1)
+    inputs["attention_mask"] = torch.cat([prompt["attention_mask"], mask], dim=1)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        # Completion tokens are text: type 0 (transformers' Qwen2-VL needs the extension).
+        if key in prompt:
+            inputs[key] = torch.cat([prompt[key], torch.zeros_like(ids, dtype=prompt[key].dtype)], dim=1)
+    return inputs
+
+
+def completion_hidden(hidden: torch.Tensor, prompt_width: int, completions: list[list[int]]) -> torch.Tensor:
+    """Hidden states (N, H) at the positions predicting each completion token, rows concatenated."""
+    rows = [hidden[row, prompt_width - 1 : prompt_width - 1 + len(c)] for row, c in enumerate(completions)]
+    return torch.cat(rows, dim=0)
