@@ -102,7 +102,7 @@ def build_tokenizer(config: Config, task: Any):
 
 def build_student_and_tokenizer(config: Config, task: Any) -> tuple[ModelBundle, Any]:
     tokenizer = None if config.student.path else build_tokenizer(config, task)
-    student = build_model(config.student, tokenizer, config.data.processor_args.get("image", {}))
+    student = build_model(config.student, tokenizer, config.data.processor_args.get("image", {}), config.device)
     return student, student.tokenizer
 
 
@@ -131,6 +131,6 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
 
 
 def build_teacher_model(spec: ModelConfig, tokenizer: Any, config: Config, trainable: bool = False) -> ModelBundle:
-    bundle = build_model(spec, tokenizer, config.data.processor_args.get("image", {}))
+    bundle = build_model(spec, tokenizer, config.data.processor_args.get("image", {}), config.device)
     bundle.model.requires_grad_(trainable)
     return bundle

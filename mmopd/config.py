@@ -272,6 +272,12 @@ def _coerce(kind: Any, value: Any, path: str) -> Any:
         return from_dict(kind, value or {}, path)
     if kind is bool and not isinstance(value, bool):
         raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if kind is float and isinstance(value, str):
+        # YAML 1.1 reads "5e-3" (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path} must be float, got {value!r}") from None
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():

@@ -24,7 +24,7 @@ def demo(overrides: list[str], run_dir: Path, resume: bool = False) -> dict[str,
     began = time.perf_counter()
     teacher_dir = run_dir / "teacher_sft"
     teacher_summary_path = teacher_dir / "summary.json"
-    if teacher_summary_path.exists():
+    if resume and teacher_summary_path.exists():
         teacher_summary = json.loads(teacher_summary_path.read_text())
     else:
         config = load_config(demo_config_path(), [*overrides, "sft.target=teacher"])

@@ -218,18 +218,38 @@ def load_pretrained(spec: ModelConfig) -> ModelBundle:
     return ModelBundle(model.eval(), tokenizer, None)
 
 
-def build_model(spec: ModelConfig, tokenizer: PreTrainedTokenizerFast | None, image_args: dict | None = None):
+def build_model(
+    spec: ModelConfig, tokenizer: PreTrainedTokenizerFast | None, image_args: dict | None = None, device: str = "cpu"
+) -> ModelBundle:
     """The one entry point the trainer uses: load `spec.path`, or build a tiny model on `tokenizer`."""
     if spec.path:
-        return load_pretrained(spec)
-    if tokenizer is None:
+        bundle = load_pretrained(spec)
+    elif tokenizer is None:
         raise ValueError("a tiny model needs a tokenizer")
-    return build_tiny(spec, tokenizer, image_args)
+    else:
+        bundle = build_tiny(spec, tokenizer, image_args)
+    bundle.model.to(resolve_device(device))
+    return bundle
 
 
-def output_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    head = model.get_output_embeddings()
-    return head.weight, head.bias
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def output_head(bundle: ModelBundle) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output head as the sampler sees it: the weight (V, H), and a bias (V,) that is -inf at the
+    suppressed media ids, so losses score the distribution the student actually samples from."""
+    head = bundle.model.get_output_embeddings()
+    suppressed = bundle.media_token_ids()
+    if not suppressed:
+        return head.weight, head.bias
+    bias = torch.zeros(head.weight.shape[0], device=head.weight.device)  # (V,)
+    bias[suppressed] = float("-inf")
+    if head.bias is not None:
+        bias = bias + head.bias
+    return head.weight, bias
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -81,9 +81,9 @@ def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Con
     prompt = collate(prepared, bundle)
     inputs = with_completions(prompt, answers, bundle.tokenizer.pad_token_id)
     hidden = completion_hidden(final_hidden_states(bundle.model, inputs), prompt["input_ids"].shape[1], answers)
-    targets = torch.tensor([t for a in answers for t in a], dtype=torch.long)  # (N,)
-    weights = torch.full((len(targets),), 1.0 / len(targets))  # (N,)
-    weight, bias = output_head(bundle.model)
+    targets = torch.tensor([t for a in answers for t in a], dtype=torch.long, device=hidden.device)  # (N,)
+    weights = torch.full((len(targets),), 1.0 / len(targets), device=hidden.device)  # (N,)
+    weight, bias = output_head(bundle)
     loss = cross_entropy(hidden, weight, bias, targets, weights, config.loss.chunk_size)
     loss.backward()
     return {"loss": float(loss), "skipped": len(skipped)}, skipped

@@ -59,7 +59,7 @@ class ModelTeacher:
     @torch.no_grad()
     def score(self, prepared: list[Prepared], completions: list[list[int]]) -> TeacherSignal:
         hidden = completion_hidden_states(self.bundle, prepared, completions)
-        weight, bias = output_head(self.bundle.model)
+        weight, bias = output_head(self.bundle)
         return _signal(self.signal, hidden, weight, bias, completions, self.temperature, self.chunk_size)
 
 
@@ -87,9 +87,10 @@ class SelfTeacher:
         hidden = completion_hidden_states(self.student, prepared, completions, body)
         model.train(was_training)
         if self.frozen is None:
-            weight, bias = output_head(model)
+            weight, bias = output_head(self.student)
         else:
-            weight, bias = self.frozen["lm_head.weight"], self.frozen.get("lm_head.bias")
+            _, bias = output_head(self.student)  # the suppression mask; a Qwen head has no bias of its own
+            weight = self.frozen["lm_head.weight"]
         return _signal(self.signal, hidden, weight.detach(), bias, completions, self.temperature, self.chunk_size)
 
 
@@ -114,7 +115,7 @@ def _strip_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, to
 def _signal(kind, hidden, weight, bias, completions, temperature, chunk_size) -> TeacherSignal:
     if kind == "hidden":
         return TeacherSignal("hidden", hidden=hidden, head_weight=weight, head_bias=bias)
-    ids = torch.tensor([t for c in completions for t in c], dtype=torch.long)  # (N,)
+    ids = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=hidden.device)  # (N,)
     logprobs = sampled_logprobs(hidden, weight, bias, ids, chunk_size=chunk_size, temperature=temperature)
     return TeacherSignal("sampled", logprobs=logprobs)
 
@@ -155,4 +156,4 @@ def _frozen_weights(student: ModelBundle, path: Path) -> dict[str, torch.Tensor]
         tmp = path.with_suffix(".tmp")
         save_file(state, str(tmp))
         tmp.replace(path)
-    return load_file(str(path))
+    return load_file(str(path), device=str(student.model.device))

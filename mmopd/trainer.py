@@ -73,6 +73,8 @@ def run_loop(
     cfg = config.train
     steps = steps or cfg.steps
     batch_size = batch_size or cfg.batch_size
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     model = bundle.model
@@ -230,8 +232,8 @@ def student_loss(
     completions = [r.completion_ids for r in rollouts]
     inputs = with_completions(prompt, completions, student.tokenizer.pad_token_id)
     hidden = completion_hidden(final_hidden_states(student.model, inputs), prompt["input_ids"].shape[1], completions)
-    weights = torch.full((hidden.shape[0],), 1.0 / supervised_tokens)  # (N,)
-    weight, bias = output_head(student.model)
+    weights = torch.full((hidden.shape[0],), 1.0 / supervised_tokens, device=hidden.device)  # (N,)
+    weight, bias = output_head(student)
     cfg, temperature = config.loss, config.rollout.temperature
     if cfg.kind == "divergence":
         loss, kl = chunked_divergence(
@@ -248,7 +250,7 @@ def student_loss(
             temperature=temperature,
         )
         return loss, {"kl": kl}
-    ids = torch.tensor([t for c in completions for t in c], dtype=torch.long)  # (N,)
+    ids = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=hidden.device)  # (N,)
     student_logprobs = sampled_logprobs(hidden, weight, bias, ids, cfg.chunk_size, temperature)
     if signal.kind == "sampled":
         teacher_logprobs = signal.logprobs
@@ -256,6 +258,6 @@ def student_loss(
         teacher_logprobs = sampled_logprobs(
             signal.hidden, signal.head_weight, signal.head_bias, ids, cfg.chunk_size, temperature
         ).detach()
-    behaviour = torch.tensor([lp for r in rollouts for lp in r.behaviour_logprobs])  # (N,)
+    behaviour = torch.tensor([lp for r in rollouts for lp in r.behaviour_logprobs], device=hidden.device)  # (N,)
     loss, stats = policy_gradient_loss(student_logprobs, teacher_logprobs, behaviour, weights, cfg.clip_ratio)
     return loss, {"kl": stats["reverse_kl"], "clip_fraction": stats["clip_fraction"] * weights.sum()}

@@ -111,14 +111,17 @@ def collate(prepared: list[Prepared], bundle: ModelBundle) -> dict[str, torch.Te
     """Left-padded model inputs for a batch of prompts (left, so every prompt ends at the same column)."""
     bundle.tokenizer.padding_side = "left"
     texts = [p.text for p in prepared]
+    device = bundle.model.device
     if not bundle.is_multimodal:
-        return dict(bundle.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
+        encoded = bundle.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return {key: value.to(device) for key, value in encoded.items()}
     kwargs = {}
     for kind, key in (("image", "images"), ("video", "videos"), ("audio", "audio")):
         items = [item for p in prepared for item in p.media.get(kind, [])]
         if items:
             kwargs[key] = items
-    return dict(bundle.processor(text=texts, return_tensors="pt", padding=True, **kwargs))
+    encoded = bundle.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
+    return {key: value.to(device) for key, value in encoded.items()}
 
 
 def prompt_lengths(inputs: dict[str, torch.Tensor]) -> list[int]:
@@ -134,10 +137,11 @@ def with_completions(
     """
     batch, width = prompt["input_ids"].shape
     longest = max((len(c) for c in completions), default=0)
-    ids = torch.full((batch, longest), pad_id, dtype=torch.long)  # (B, C)
-    mask = torch.zeros((batch, longest), dtype=prompt["attention_mask"].dtype)  # (B, C)
+    device = prompt["input_ids"].device
+    ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=device)  # (B, C)
+    mask = torch.zeros((batch, longest), dtype=prompt["attention_mask"].dtype, device=device)  # (B, C)
     for row, completion in enumerate(completions):
-        ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+        ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long, device=device)
         mask[row, : len(completion)] = 1
     inputs = dict(prompt)
     inputs["input_ids"] = torch.cat([prompt["input_ids"], ids], dim=1)
