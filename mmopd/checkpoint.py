@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from mmopd.models import ModelBundle
 
@@ -95,17 +94,10 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:
-    """Weights through safetensors only (never pickle)."""
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied or non-persistent tensors may be absent from the file; anything else is a broken checkpoint.
-    real_missing = [k for k in missing if not k.endswith("inv_freq")]
-    if real_missing or unexpected:
-        raise ValueError(
-            f"{path}: checkpoint does not match the model (missing {real_missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    """Copy a checkpoint's weights into `model`. transformers reads the directory, so its key
+    conventions (which differ from `state_dict()` for some VLMs) are undone; safetensors only."""
+    loaded = type(model).from_pretrained(path, dtype=next(model.parameters()).dtype, use_safetensors=True)
+    model.load_state_dict(loaded.state_dict())
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Con
     weight, bias = output_head(bundle)
     loss = cross_entropy(hidden, weight, bias, targets, weights, config.loss.chunk_size)
     loss.backward()
-    return {"loss": float(loss), "skipped": len(skipped)}, skipped
+    return {"loss": float(loss.detach()), "skipped": len(skipped)}, skipped
 
 
 def answer_ids(bundle: ModelBundle, answer: str) -> list[int]:

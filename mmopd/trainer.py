@@ -74,7 +74,9 @@ def run_loop(
     steps = steps or cfg.steps
     batch_size = batch_size or cfg.batch_size
     if not resume and (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     model = bundle.model

@@ -40,7 +40,9 @@ def test_behaviour_logprobs_match_the_learner_forward(task, student, processors)
     completions = [r.completion_ids for r in rollouts]
     with torch.no_grad():
         inputs = with_completions(prompt, completions, student.tokenizer.pad_token_id)
-        hidden = completion_hidden(final_hidden_states(student.model, inputs), prompt["input_ids"].shape[1], completions)
+        hidden = completion_hidden(
+            final_hidden_states(student.model, inputs), prompt["input_ids"].shape[1], completions
+        )
         weight, bias = output_head(student)
         ids = torch.tensor([t for c in completions for t in c])
         recomputed = sampled_logprobs(hidden, weight, bias, ids, temperature=0.7)

@@ -68,7 +68,9 @@ def test_teacher_hidden_states_predict_the_completion(task, text_teacher, proces
 def test_opsd_frozen_teacher_keeps_the_initial_weights(tmp_path, task, student, processors):
     samples, _, completions = _batch(task, student, processors)
     parameters_before = sum(p.numel() for p in student.model.parameters())
-    frozen = build_teacher(TeacherConfig(kind="self", self_weights="frozen"), student, None, processors, tmp_path, 1.0, 64)
+    frozen = build_teacher(
+        TeacherConfig(kind="self", self_weights="frozen"), student, None, processors, tmp_path, 1.0, 64
+    )
     live = build_teacher(TeacherConfig(kind="self", self_weights="live"), student, None, processors, tmp_path, 1.0, 64)
     assert isinstance(frozen, SelfTeacher) and isinstance(live, SelfTeacher)
     prepared = [frozen.prepare(s) for s in samples]
