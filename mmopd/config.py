@@ -82,7 +82,7 @@ class DataConfig:
     on_error: str = "skip"
     """A sample with bad media or an invalid prompt: skip (counted and logged) | raise."""
     max_prompt_tokens: int = 2048
-    """A rendered prompt longer than this is a bad sample."""
+    """A rendered prompt with more text tokens than this (media placeholders counted once) is a bad sample."""
 
     def __post_init__(self):
         if self.on_error not in ("skip", "raise"):

@@ -27,7 +27,7 @@ from mmopd.views import collate, completion_hidden, prepare, student_messages, t
 
 
 def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
-    """Fine-tune `config.sft.target` on answers; the result is saved as a model directory in `run_dir/final`."""
+    """Fine-tune `config.sft.target` on answers; the loop saves the result as a model directory in `run_dir/final`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     task, processors = build_task(config.data), build_processors(config.data)
     if config.sft.target == "teacher":
@@ -61,8 +61,6 @@ def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | N
         steps=config.sft.steps,
         batch_size=config.sft.batch_size,
     )
-    if summary["steps"] == config.sft.steps:
-        bundle.save(run_dir / "final")
     return summary
 
 

@@ -125,6 +125,8 @@ def run_loop(
             break
     progress.close()
     log.close()
+    if state["step"] == steps:
+        bundle.save(run_dir / "final")
     return {
         "steps": state["step"],
         "accuracy_before": state["accuracy_before"],
@@ -171,12 +173,24 @@ class Rendered:
     teacher: Prepared
 
 
-def render_batch(parts: Parts, samples: list[Sample], on_error: str) -> tuple[list[Rendered], list[str]]:
+def check_prompt_length(prepared: Prepared, bundle: ModelBundle, limit: int) -> None:
+    """Text tokens of the rendered prompt (each media placeholder counted once) must not exceed `limit`."""
+    count = len(bundle.tokenizer(prepared.text, add_special_tokens=False)["input_ids"])
+    if count > limit:
+        raise SampleError(
+            f"sample {prepared.sample.id!r}: prompt of {count} tokens exceeds data.max_prompt_tokens={limit}"
+        )
+
+
+def render_batch(
+    parts: Parts, samples: list[Sample], on_error: str, max_prompt_tokens: int = 2048
+) -> tuple[list[Rendered], list[str]]:
     """Both views of every sample; a bad sample is skipped (its reason kept) or raises."""
     rendered, reasons = [], []
     for sample in samples:
         try:
             student_view = prepare(sample, student_messages(sample), parts.student, parts.processors)
+            check_prompt_length(student_view, parts.student, max_prompt_tokens)
             rendered.append(Rendered(student_view, parts.teacher.prepare(sample)))
         except BAD_SAMPLE as error:
             if on_error == "raise":
@@ -188,7 +202,7 @@ def render_batch(parts: Parts, samples: list[Sample], on_error: str) -> tuple[li
 def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, Any]:
     """Sample, score, and accumulate gradients for one optimizer step; returns its metrics."""
     began = time.perf_counter()
-    rendered, reasons = render_batch(parts, samples, config.data.on_error)
+    rendered, reasons = render_batch(parts, samples, config.data.on_error, config.data.max_prompt_tokens)
     for reason in reasons:
         parts.report_skip(reason)
     micro = config.train.micro_batch_size

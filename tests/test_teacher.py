@@ -54,7 +54,7 @@ def test_teacher_hidden_states_predict_the_completion(task, text_teacher, proces
     teacher = ModelTeacher(text_teacher, "text", processors)
     prepared = [teacher.prepare(s) for s in samples]
     hidden = completion_hidden_states(text_teacher, prepared, completions)
-    for row, sample in enumerate(samples):
+    for row in range(len(samples)):
         prompt = collate([prepared[row]], text_teacher)
         ids = torch.cat([prompt["input_ids"], torch.tensor([completions[row]])], dim=1)
         with torch.no_grad():

@@ -162,3 +162,17 @@ def test_train_help_lists_config_docstrings(capsys):
     out = capsys.readouterr().out
     assert "train.micro_batch_size" in out and "gradient accumulation" in out
     assert "teacher.model.path" in out
+
+
+def test_over_long_prompt_is_skipped_with_its_name(tmp_path):
+    summary = train(debug_config("train.steps=1", "data.max_prompt_tokens=5"), tmp_path / "run")
+    assert summary["skipped_samples"] == 8
+    assert "exceeds data.max_prompt_tokens=5" in (tmp_path / "run" / "skipped.txt").read_text()
+
+
+def test_eval_command_reports_accuracy_of_a_checkpoint(tmp_path, capsys):
+    train(debug_config("train.steps=1"), tmp_path / "run")
+    capsys.readouterr()
+    assert main(["eval", str(DEBUG), "eval.num_samples=4", "--model", str(tmp_path / "run" / "final")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["eval_skipped"] == 0
