@@ -73,31 +73,16 @@ def run_loop(
     cfg = config.train
     steps = steps or cfg.steps
     batch_size = batch_size or cfg.batch_size
-    if not resume and (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
     model = bundle.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "accuracy_before": None, "skipped": 0, "wall_seconds": 0.0}
-    checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
-    if checkpoint is not None:
-        load_weights(checkpoint, model)
-        saved = load_state(checkpoint)
-        optimizer.load_state_dict(saved["optimizer"])
-        set_rng_state(saved["rng"])
-        state.update(saved["loop"])
-    elif resume:
-        print(f"no checkpoint in {run_dir}; starting from step 0")
-    log = MetricsLog(run_dir, state["step"], wandb=cfg.wandb)
+    state = open_run(config, run_dir, resume, model, optimizer)
+    # Metrics after the checkpoint's step are replayed; with no checkpoint, step 0 is logged again too.
+    log = MetricsLog(run_dir, state["step"] if state["accuracy_before"] is not None else -1, wandb=cfg.wandb)
     began = time.perf_counter() - state["wall_seconds"]
     if state["accuracy_before"] is None:
-        state["accuracy_before"] = eval_fn()["accuracy"]
+        state["accuracy_before"] = state["accuracy_last"] = eval_fn()["accuracy"]
         log.log({"step": 0, "accuracy": state["accuracy_before"]})
     progress = tqdm(total=steps, initial=state["step"], disable=not cfg.progress, dynamic_ncols=True)
-    last_eval: dict[str, float] = {"accuracy": state["accuracy_before"]}
     for step in range(state["step"] + 1, steps + 1):
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         lr = learning_rate(step, steps, peak_lr, warmup_steps, cfg.schedule, cfg.min_lr_ratio)
@@ -111,11 +96,11 @@ def run_loop(
         optimizer.step()
         state["skipped"] += record.get("skipped", 0)
         if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            last_eval = eval_fn()
-            record.update(last_eval)
+            record.update(eval_fn())
+            state["accuracy_last"] = record["accuracy"]
         log.log(record)
         progress.update(1)
-        progress.set_postfix(loss=f"{record['loss']:.4f}", kl=f"{record.get('kl', 0):.4f}", acc=last_eval["accuracy"])
+        progress.set_postfix(loss=f"{record['loss']:.4f}", kl=f"{record.get('kl', 0):.4f}", acc=state["accuracy_last"])
         state["step"] = step
         state["wall_seconds"] = time.perf_counter() - began
         if step == steps or step % cfg.checkpoint_every == 0 or step == stop_after:
@@ -130,10 +115,31 @@ def run_loop(
     return {
         "steps": state["step"],
         "accuracy_before": state["accuracy_before"],
-        "accuracy_after": last_eval["accuracy"],
+        "accuracy_after": state["accuracy_last"],
         "skipped_samples": state["skipped"],
         "wall_seconds": state["wall_seconds"],
     }
+
+
+def open_run(config: Config, run_dir: Path, resume: bool, model, optimizer) -> dict[str, Any]:
+    """Start a new run directory, or restore weights, optimizer, RNG and loop state from its latest checkpoint."""
+    if not resume and (run_dir / "metrics.jsonl").exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    state = {"step": 0, "accuracy_before": None, "accuracy_last": None, "skipped": 0, "wall_seconds": 0.0}
+    checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if checkpoint is None:
+        if resume:
+            print(f"no complete checkpoint in {run_dir}; starting from step 0")
+        return state
+    load_weights(checkpoint, model)
+    saved = load_state(checkpoint)
+    optimizer.load_state_dict(saved["optimizer"])
+    set_rng_state(saved["rng"])
+    return {**state, **saved["loop"]}
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int, schedule: str, min_ratio: float) -> float:
