@@ -193,3 +193,14 @@ def test_add_a_task_example_works(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not task.verify("maybe", held_out[0])
     corpus = set(task.corpus())
     assert all(sample.privileged in corpus and sample.answer in corpus for sample in train)
+
+
+def test_jsonl_example_is_a_valid_line(tmp_path: Path) -> None:
+    from mmopd.tasks.jsonl import load_samples
+
+    blocks = [body for language, body in code_blocks(section("Data format")) if language == "json"]
+    assert blocks, "the Data format section has no json block"
+    (tmp_path / "train.jsonl").write_text(blocks[0])
+    (sample,) = load_samples(tmp_path / "train.jsonl")
+    assert sample.images and sample.privileged and sample.answer
+    assert sample.images[0].root == str(tmp_path)  # media paths resolve against the file's directory
