@@ -144,8 +144,6 @@ class LossConfig:
     """Tokens per logits chunk inside the loss: peak memory is chunk_size × vocab floats."""
     clip_ratio: float = 0.2
     """policy_gradient: PPO clip range of the importance ratio."""
-    sft_weight: float = 0.0
-    """Weight of a supervised cross-entropy term on the reference answers (GKD-style mixing)."""
 
     def __post_init__(self):
         if self.kind not in ("divergence", "policy_gradient"):
@@ -180,6 +178,9 @@ class TrainConfig:
     """How many recent checkpoints to keep."""
     eval_every: int = 100
     """Held-out evaluation every N steps (also at start and end; 0 = only start and end)."""
+    autocast: str = "none"
+    """none | bfloat16: run forwards in bfloat16 autocast while weights and AdamW stay float32 (the
+    mixed-precision recipe for GPUs; losses are fp32 either way)."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
     progress: bool = True
@@ -192,6 +193,8 @@ class TrainConfig:
             raise ConfigError("train.batch_size must be a multiple of train.micro_batch_size")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"unknown train.schedule {self.schedule!r}")
+        if self.autocast not in ("none", "bfloat16"):
+            raise ConfigError(f"train.autocast must be none or bfloat16, got {self.autocast!r}")
 
 
 @dataclass(frozen=True)

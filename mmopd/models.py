@@ -80,10 +80,16 @@ class ModelBundle:
         return sorted(ids)
 
     def media_token_ids(self) -> list[int]:
-        """Ids the model must never sample (contract 6)."""
+        """Media placeholder ids: the model must never sample them (contract 6)."""
         vocab = self.tokenizer.get_vocab()
         names = set(MEDIA_TOKENS) | {"<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|image|>"}
         return sorted(vocab[name] for name in names if name in vocab)
+
+    def suppressed_ids(self) -> list[int]:
+        """Everything the sampler must never emit: media placeholders, and the padding rows some
+        checkpoints add to the output head beyond the tokenizer (e.g. 151,936 rows for 151,665 tokens)."""
+        rows = self.model.get_output_embeddings().weight.shape[0]
+        return self.media_token_ids() + list(range(len(self.tokenizer), rows))
 
     def save(self, directory: str | Path) -> None:
         """A Hugging Face model directory that `from_pretrained` (and vLLM) loads directly."""
@@ -239,17 +245,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def output_head(bundle: ModelBundle) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The output head as the sampler sees it: the weight (V, H), and a bias (V,) that is -inf at the
-    suppressed media ids, so losses score the distribution the student actually samples from."""
+    """The output head as the sampler sees it: the weight (V, H) cut to the tokenizer's V ids (padding
+    rows dropped, so heads of models sharing a tokenizer match), and a bias (V,) that is -inf at the
+    media ids, so losses score the distribution the student actually samples from."""
     head = bundle.model.get_output_embeddings()
+    size = len(bundle.tokenizer)
+    weight = head.weight[:size]  # (V, H)
     suppressed = bundle.media_token_ids()
     if not suppressed:
-        return head.weight, head.bias
-    bias = torch.zeros(head.weight.shape[0], device=head.weight.device)  # (V,)
+        return weight, None if head.bias is None else head.bias[:size]
+    bias = torch.zeros(size, device=weight.device)  # (V,)
     bias[suppressed] = float("-inf")
     if head.bias is not None:
-        bias = bias + head.bias
-    return head.weight, bias
+        bias = bias + head.bias[:size]
+    return weight, bias
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

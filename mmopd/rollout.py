@@ -49,7 +49,7 @@ class HFEngine:
             **inputs,
             do_sample=not greedy,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
-            suppress_tokens=self.bundle.media_token_ids(),
+            suppress_tokens=self.bundle.suppressed_ids(),
             eos_token_id=self.bundle.stop_ids(),
             pad_token_id=tokenizer.pad_token_id,
             return_dict_in_generate=True,
@@ -62,7 +62,7 @@ class HFEngine:
             logprobs = torch.zeros(new_ids.shape)
         else:
             # `scores` are the processed logits the sampler drew from (temperature, top-k/p, suppression).
-            scores = torch.stack(output.scores, dim=1).float()  # (B, C, V)
+            scores = torch.stack(output.scores, dim=1).float()  # (B, C, V_head)
             logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_ids[..., None]).squeeze(-1)  # (B, C)
         return [
             self._rollout(sample, new_ids[row].tolist(), logprobs[row].tolist()) for row, sample in enumerate(samples)

@@ -90,7 +90,7 @@ class SelfTeacher:
             weight, bias = output_head(self.student)
         else:
             _, bias = output_head(self.student)  # the suppression mask; a Qwen head has no bias of its own
-            weight = self.frozen["lm_head.weight"]
+            weight = self.frozen["lm_head.weight"][: len(self.student.tokenizer)]
         return _signal(self.signal, hidden, weight.detach(), bias, completions, self.temperature, self.chunk_size)
 
 

@@ -90,7 +90,8 @@ def run_loop(
             group["lr"] = lr
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        record = {"step": step, **step_fn(step, batch_of(train_samples, step, batch_size, cfg.seed)), "lr": lr}
+        with autocast(model, cfg.autocast):
+            record = {"step": step, **step_fn(step, batch_of(train_samples, step, batch_size, cfg.seed)), "lr": lr}
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         record["grad_norm"] = float(grad_norm)
         optimizer.step()
@@ -119,6 +120,11 @@ def run_loop(
         "skipped_samples": state["skipped"],
         "wall_seconds": state["wall_seconds"],
     }
+
+
+def autocast(model: torch.nn.Module, dtype: str):
+    """Forward passes in `dtype` on float32 weights (mixed precision); a no-op for "none"."""
+    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
 def open_run(config: Config, run_dir: Path, resume: bool, model, optimizer) -> dict[str, Any]:

@@ -69,3 +69,22 @@ def test_greedy_is_deterministic(task, student, processors):
     torch.manual_seed(123)
     second = [r.completion_ids for r in engine.generate(prompt, samples, greedy=True)]
     assert first == second
+
+
+def test_head_padding_rows_are_never_sampled_and_dropped_from_the_loss(task, tokenizer, processors):
+    """Real checkpoints pad the head beyond the tokenizer; those rows are not tokens."""
+    from mmopd.config import ModelConfig
+    from mmopd.models import build_tiny
+
+    student = build_tiny(
+        ModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, vision_depth=1), tokenizer
+    )
+    student.model.resize_token_embeddings(len(tokenizer) + 16)
+    with torch.no_grad():
+        student.model.get_output_embeddings().weight[len(tokenizer) :] = 50.0
+    torch.manual_seed(3)
+    samples, prompt = _prompt(task, student, processors)
+    rollouts = HFEngine(student, max_new_tokens=4).generate(prompt, samples)
+    assert max(t for r in rollouts for t in r.completion_ids) < len(tokenizer)
+    weight, bias = output_head(student)
+    assert weight.shape[0] == bias.shape[0] == len(tokenizer)

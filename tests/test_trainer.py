@@ -108,6 +108,7 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path):
         ["teacher.kind=self", "teacher.self_weights=frozen"],
         ["teacher.kind=self", "loss.divergence=forward_kl"],
         ["student.family=qwen2_5_vl", "teacher.model.family=qwen3"],
+        ["train.autocast=bfloat16"],
     ],
 )
 def test_variants_train(tmp_path, overrides):
