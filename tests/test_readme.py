@@ -89,7 +89,10 @@ def test_makefile_target_runs_the_command(target: str, command: str) -> None:
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 @pytest.mark.parametrize("target, command", [("demo", "mmopd demo"), ("test", "-m pytest")])
 def test_make_dry_run_reaches_the_command(target: str, command: str) -> None:
-    result = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    # --no-print-directory: under `make test` this runs as a sub-make, which would announce its directory.
+    result = subprocess.run(
+        ["make", "-n", "--no-print-directory", target], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     last_line = result.stdout.strip().splitlines()[-1]
     assert command in last_line, result.stdout
