@@ -101,7 +101,8 @@ def run_loop(
             state["accuracy_last"] = record["accuracy"]
         log.log(record)
         progress.update(1)
-        progress.set_postfix(loss=f"{record['loss']:.4f}", kl=f"{record.get('kl', 0):.4f}", acc=state["accuracy_last"])
+        shown = {key: f"{record[key]:.4f}" for key in ("loss", "kl") if key in record}
+        progress.set_postfix(**shown, acc=state["accuracy_last"])
         state["step"] = step
         state["wall_seconds"] = time.perf_counter() - began
         if step == steps or step % cfg.checkpoint_every == 0 or step == stop_after:
