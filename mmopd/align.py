@@ -48,15 +48,12 @@ class ByteTable:
         return b"".join(self.pieces[i] for i in ids), spans
 
 
+_TABLES: dict[tuple[int, int], ByteTable] = {}
+
+
 def byte_table(tokenizer) -> ByteTable:
-    key = (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer), id(tokenizer))
-    return _byte_table(key, tokenizer)
-
-
-_TABLES: dict[tuple, ByteTable] = {}
-
-
-def _byte_table(key: tuple, tokenizer) -> ByteTable:
+    """The table of `tokenizer`, built once per tokenizer object (and size, should tokens be added)."""
+    key = (id(tokenizer), len(tokenizer))
     if key not in _TABLES:
         _TABLES[key] = _build_table(tokenizer)
     return _TABLES[key]

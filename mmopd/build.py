@@ -36,7 +36,6 @@ class Parts:
     student: ModelBundle
     teacher: Teacher | None
     engine: RolloutEngine
-    teacher_model: ModelBundle | None = None
     skip_log: Path | None = None
 
     def evaluate(self, bundle: ModelBundle, messages_for: Callable[[Sample], list[dict]]) -> dict[str, float]:
@@ -127,7 +126,7 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
             config.loss.chunk_size,
         )
     engine = build_engine(config.rollout, student)
-    return Parts(config, task, processors, student, teacher, engine, teacher_model, run_dir / "skipped.txt")
+    return Parts(config, task, processors, student, teacher, engine, run_dir / "skipped.txt")
 
 
 def build_teacher_model(spec: ModelConfig, tokenizer: Any, config: Config, trainable: bool = False) -> ModelBundle:

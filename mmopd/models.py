@@ -71,19 +71,20 @@ class ModelBundle:
     def is_multimodal(self) -> bool:
         return self.processor is not None
 
+    def _ids_of(self, names) -> set[int]:
+        """Ids of the tokens among `names` that this tokenizer has (unknown names map to unk or None)."""
+        ids = {self.tokenizer.convert_tokens_to_ids(name) for name in names}
+        return {i for i in ids if i is not None and i != self.tokenizer.unk_token_id}
+
     def stop_ids(self) -> list[int]:
-        ids = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
-        ids.discard(None)
-        ids.discard(self.tokenizer.unk_token_id)
+        ids = self._ids_of(("<|im_end|>", "<|endoftext|>"))
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return sorted(ids)
 
     def media_token_ids(self) -> list[int]:
         """Media placeholder ids: the model must never sample them (contract 6)."""
-        vocab = self.tokenizer.get_vocab()
-        names = set(MEDIA_TOKENS) | {"<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|image|>"}
-        return sorted(vocab[name] for name in names if name in vocab)
+        return sorted(self._ids_of([*MEDIA_TOKENS, "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|image|>"]))
 
     def suppressed_ids(self) -> list[int]:
         """Everything the sampler must never emit: media placeholders, and the padding rows some

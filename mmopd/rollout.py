@@ -64,12 +64,13 @@ class HFEngine:
             # `scores` are the processed logits the sampler drew from (temperature, top-k/p, suppression).
             scores = torch.stack(output.scores, dim=1).float()  # (B, C, V_head)
             logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_ids[..., None]).squeeze(-1)  # (B, C)
+        stops = set(self.bundle.stop_ids())
         return [
-            self._rollout(sample, new_ids[row].tolist(), logprobs[row].tolist()) for row, sample in enumerate(samples)
+            self._rollout(sample, new_ids[row].tolist(), logprobs[row].tolist(), stops)
+            for row, sample in enumerate(samples)
         ]
 
-    def _rollout(self, sample: Sample, ids: list[int], logprobs: list[float]) -> Rollout:
-        stops = set(self.bundle.stop_ids())
+    def _rollout(self, sample: Sample, ids: list[int], logprobs: list[float], stops: set[int]) -> Rollout:
         finish = "length"
         for position, token_id in enumerate(ids):
             if token_id in stops:

@@ -20,10 +20,10 @@ from mmopd.build import (
 )
 from mmopd.config import Config
 from mmopd.losses import cross_entropy
-from mmopd.models import ModelBundle, final_hidden_states, output_head
+from mmopd.models import ModelBundle, output_head
 from mmopd.sample import Sample
 from mmopd.trainer import BAD_SAMPLE, run_loop
-from mmopd.views import collate, completion_hidden, prepare, student_messages, text_view_messages, with_completions
+from mmopd.views import collate, completion_hidden_states, prepare, student_messages, text_view_messages
 
 
 def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
@@ -77,8 +77,7 @@ def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Con
                 raise
             skipped.append(str(error))
     prompt = collate(prepared, bundle)
-    inputs = with_completions(prompt, answers, bundle.tokenizer.pad_token_id)
-    hidden = completion_hidden(final_hidden_states(bundle.model, inputs), prompt["input_ids"].shape[1], answers)
+    hidden = completion_hidden_states(bundle, prompt, answers)  # (N, H)
     targets = torch.tensor([t for a in answers for t in a], dtype=torch.long, device=hidden.device)  # (N,)
     weights = torch.full((len(targets),), 1.0 / len(targets), device=hidden.device)  # (N,)
     weight, bias = output_head(bundle)

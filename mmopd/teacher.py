@@ -15,21 +15,19 @@ from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.func import functional_call
 
 from mmopd.config import TeacherConfig
 from mmopd.losses import sampled_logprobs
-from mmopd.models import ModelBundle, final_hidden_states, output_head
+from mmopd.models import ModelBundle, output_head
 from mmopd.sample import Sample, TeacherSignal
 from mmopd.views import (
     Prepared,
     collate,
-    completion_hidden,
+    completion_hidden_states,
     opsd_messages,
     prepare,
     student_messages,
     text_view_messages,
-    with_completions,
 )
 
 
@@ -58,7 +56,7 @@ class ModelTeacher:
 
     @torch.no_grad()
     def score(self, prepared: list[Prepared], completions: list[list[int]]) -> TeacherSignal:
-        hidden = completion_hidden_states(self.bundle, prepared, completions)
+        hidden = completion_hidden_states(self.bundle, collate(prepared, self.bundle), completions)
         weight, bias = output_head(self.bundle)
         return _signal(self.signal, hidden, weight, bias, completions, self.temperature, self.chunk_size)
 
@@ -84,7 +82,7 @@ class SelfTeacher:
         body = None if self.frozen is None else _strip_prefix(self.frozen, "model.")
         was_training = model.training
         model.eval()
-        hidden = completion_hidden_states(self.student, prepared, completions, body)
+        hidden = completion_hidden_states(self.student, collate(prepared, self.student), completions, body)
         model.train(was_training)
         if self.frozen is None:
             weight, bias = output_head(self.student)
@@ -92,20 +90,6 @@ class SelfTeacher:
             _, bias = output_head(self.student)  # the suppression mask; a Qwen head has no bias of its own
             weight = self.frozen["lm_head.weight"][: len(self.student.tokenizer)]
         return _signal(self.signal, hidden, weight.detach(), bias, completions, self.temperature, self.chunk_size)
-
-
-def completion_hidden_states(
-    bundle: ModelBundle, prepared: list[Prepared], completions: list[list[int]], weights: dict | None = None
-) -> torch.Tensor:
-    """Hidden states (N, H) predicting each completion token; `weights` replaces the model body's."""
-    prompt = collate(prepared, bundle)
-    inputs = with_completions(prompt, completions, bundle.tokenizer.pad_token_id)
-    if weights is None:
-        hidden = final_hidden_states(bundle.model, inputs)  # (B, T, H)
-    else:
-        hidden = functional_call(bundle.model.model, weights, args=(), kwargs={**inputs, "use_cache": False})
-        hidden = hidden.last_hidden_state  # (B, T, H)
-    return completion_hidden(hidden, prompt["input_ids"].shape[1], completions)
 
 
 def _strip_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ from mmopd.checkpoint import latest_checkpoint, load_state, load_weights, save_c
 from mmopd.config import Config, save_config
 from mmopd.losses import chunked_divergence, policy_gradient_loss, sampled_logprobs
 from mmopd.metrics import MetricsLog
-from mmopd.models import ModelBundle, final_hidden_states, output_head
+from mmopd.models import ModelBundle, output_head
 from mmopd.sample import MediaError, Rollout, Sample, TeacherSignal
-from mmopd.views import Prepared, SampleError, collate, completion_hidden, prepare, student_messages, with_completions
+from mmopd.views import Prepared, SampleError, collate, completion_hidden_states, prepare, student_messages
 
 BAD_SAMPLE = (MediaError, SampleError)
 
@@ -86,15 +87,8 @@ def run_loop(
     for step in range(state["step"] + 1, steps + 1):
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         lr = learning_rate(step, steps, peak_lr, warmup_steps, cfg.schedule, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(model, cfg.autocast):
-            record = {"step": step, **step_fn(step, batch_of(train_samples, step, batch_size, cfg.seed)), "lr": lr}
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        record["grad_norm"] = float(grad_norm)
-        optimizer.step()
+        samples = batch_of(train_samples, step, batch_size, cfg.seed)
+        record = {"step": step, **optimizer_step(model, optimizer, partial(step_fn, step, samples), lr, cfg)}
         state["skipped"] += record.get("skipped", 0)
         if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
             record.update(eval_fn())
@@ -114,6 +108,23 @@ def run_loop(
     log.close()
     if state["step"] == steps:
         bundle.save(run_dir / "final")
+    return summary(state)
+
+
+def optimizer_step(model, optimizer, accumulate: Callable[[], dict[str, Any]], lr: float, cfg) -> dict[str, Any]:
+    """Zero, accumulate gradients (the step function runs every backward), clip, update; the step's metrics."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(model, cfg.autocast):
+        record = accumulate()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    optimizer.step()
+    return {**record, "lr": lr, "grad_norm": float(grad_norm)}
+
+
+def summary(state: dict[str, Any]) -> dict[str, Any]:
     return {
         "steps": state["step"],
         "accuracy_before": state["accuracy_before"],
@@ -259,8 +270,7 @@ def student_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The micro-batch's share of the loss, normalised by the whole step's supervised-token count."""
     completions = [r.completion_ids for r in rollouts]
-    inputs = with_completions(prompt, completions, student.tokenizer.pad_token_id)
-    hidden = completion_hidden(final_hidden_states(student.model, inputs), prompt["input_ids"].shape[1], completions)
+    hidden = completion_hidden_states(student, prompt, completions)  # (N, H)
     weights = torch.full((hidden.shape[0],), 1.0 / supervised_tokens, device=hidden.device)  # (N,)
     weight, bias = output_head(student)
     cfg, temperature = config.loss, config.rollout.temperature

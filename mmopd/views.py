@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.func import functional_call
 
-from mmopd.models import ModelBundle
+from mmopd.models import ModelBundle, final_hidden_states
 from mmopd.sample import MediaError, Sample
 
 MEDIA_PART_TYPES = ("image", "video", "audio")
@@ -151,6 +152,20 @@ def with_completions(
         if key in prompt:
             inputs[key] = torch.cat([prompt[key], torch.zeros_like(ids, dtype=prompt[key].dtype)], dim=1)
     return inputs
+
+
+def completion_hidden_states(
+    bundle: ModelBundle, prompt: dict[str, torch.Tensor], completions: list[list[int]], weights: dict | None = None
+) -> torch.Tensor:
+    """Hidden states (N, H) predicting each completion token after a collated prompt; `weights`, when
+    given, replaces the model body's own (OPSD's frozen teacher)."""
+    inputs = with_completions(prompt, completions, bundle.tokenizer.pad_token_id)
+    if weights is None:
+        hidden = final_hidden_states(bundle.model, inputs)  # (B, T, H)
+    else:
+        hidden = functional_call(bundle.model.model, weights, args=(), kwargs={**inputs, "use_cache": False})
+        hidden = hidden.last_hidden_state  # (B, T, H)
+    return completion_hidden(hidden, prompt["input_ids"].shape[1], completions)
 
 
 def completion_hidden(hidden: torch.Tensor, prompt_width: int, completions: list[list[int]]) -> torch.Tensor:

@@ -8,8 +8,8 @@ import torch
 from mmopd.config import TeacherConfig
 from mmopd.losses import chunked_divergence
 from mmopd.models import final_hidden_states, output_head
-from mmopd.teacher import ModelTeacher, SelfTeacher, build_teacher, completion_hidden_states
-from mmopd.views import collate, prepare, student_messages
+from mmopd.teacher import ModelTeacher, SelfTeacher, build_teacher
+from mmopd.views import collate, completion_hidden_states, prepare, student_messages
 
 
 def _batch(task, student, processors, count=4):
@@ -23,7 +23,7 @@ def test_kl_is_zero_when_the_teacher_is_the_student(task, student, processors):
     samples, prepared, completions = _batch(task, student, processors)
     teacher = ModelTeacher(student, "media", processors)
     signal = teacher.score([teacher.prepare(s) for s in samples], completions)
-    hidden = completion_hidden_states(student, prepared, completions)
+    hidden = completion_hidden_states(student, collate(prepared, student), completions)
     weight, bias = output_head(student)
     weights = torch.full((hidden.shape[0],), 1.0 / hidden.shape[0])
     for divergence in ("forward_kl", "reverse_kl", "jsd", "tv"):
@@ -53,7 +53,7 @@ def test_teacher_hidden_states_predict_the_completion(task, text_teacher, proces
     completions = [[10, 11, 12], [13]]
     teacher = ModelTeacher(text_teacher, "text", processors)
     prepared = [teacher.prepare(s) for s in samples]
-    hidden = completion_hidden_states(text_teacher, prepared, completions)
+    hidden = completion_hidden_states(text_teacher, collate(prepared, text_teacher), completions)
     for row in range(len(samples)):
         prompt = collate([prepared[row]], text_teacher)
         ids = torch.cat([prompt["input_ids"], torch.tensor([completions[row]])], dim=1)
