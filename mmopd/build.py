@@ -21,7 +21,7 @@ import mmopd.tasks.jsonl  # noqa: F401  (registers the built-in tasks)
 import mmopd.tasks.shapes  # noqa: F401
 from mmopd.config import Config, ConfigError, DataConfig, ModelConfig
 from mmopd.evaluate import evaluate
-from mmopd.models import ModelBundle, build_model, qwen_tokenizer, train_bpe_tokenizer
+from mmopd.models import ModelBundle, build_model, go_offline, is_hub_id, qwen_tokenizer, train_bpe_tokenizer
 from mmopd.registry import PROCESSORS, TASKS
 from mmopd.rollout import RolloutEngine, build_engine
 from mmopd.sample import Sample
@@ -60,9 +60,26 @@ def report_skip(path: Path | None, reason: str) -> None:
             handle.write(reason + "\n")
 
 
+def build_network_policy(config: Any) -> None:
+    """Go offline unless some model of the config (at any depth) names a hub model."""
+    models = []
+    pending = [config]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ModelConfig):
+            models.append(node)
+        elif dataclasses.is_dataclass(node):
+            pending += [getattr(node, f.name) for f in dataclasses.fields(node)]
+    if not any(is_hub_id(model.path) for model in models):
+        go_offline()
+
+
 def build_task(config: DataConfig) -> Any:
     factory = TASKS.get(config.task)
-    return _construct(factory, config.task_args, f"data.task_args (task {config.task!r})")
+    kwargs = dict(config.task_args)
+    if "on_error" in inspect.signature(factory).parameters:
+        kwargs.setdefault("on_error", config.on_error)  # a task that can keep bad records follows data.on_error
+    return _construct(factory, kwargs, f"data.task_args (task {config.task!r})")
 
 
 def build_processors(config: DataConfig) -> dict[str, Any]:
@@ -109,6 +126,7 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
+    build_network_policy(config)
     task = build_task(config.data)
     processors = build_processors(config.data)
     student, tokenizer = build_student_and_tokenizer(config, task)

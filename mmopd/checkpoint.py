@@ -1,13 +1,15 @@
 """Atomic checkpoints and exact resume.
 
 A checkpoint is a Hugging Face model directory (config, safetensors, tokenizer/processor) plus
-`trainer_state.pt` (optimizer, RNG, data position) and a `manifest.json` of file sizes. It is
-written into a temporary directory and renamed into place, so a crash never leaves a half-written
-checkpoint; a checkpoint whose files do not match its manifest is ignored on load.
+`trainer_state.pt` (optimizer, RNG, data position) and a `manifest.json` of file sizes and SHA-256
+digests. It is written into a temporary directory and renamed into place, so a crash never leaves a
+half-written checkpoint; listing checks sizes, loading checks digests, and a resumed run deletes
+what a crash left half-written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmopd.crash import crash_point
 from mmopd.models import ModelBundle
 
 STATE_FILE = "trainer_state.pt"
@@ -49,11 +52,12 @@ def save_checkpoint(directory: Path, step: int, bundle: ModelBundle, state: dict
     bundle.save(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in files}
+    manifest = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=1))
     for path in [*files, tmp / MANIFEST]:
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
+    crash_point("checkpoint")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -71,15 +75,53 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def is_complete(path: Path) -> bool:
-    manifest = path / MANIFEST
-    if not manifest.exists():
-        return False
+def save_model_dir(bundle: ModelBundle, path: Path) -> None:
+    """`bundle.save(path)` through a temporary directory, so `path` is either complete or absent."""
+    tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    bundle.save(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(path: Path) -> dict[str, dict[str, Any]] | None:
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError):
-        return False
-    return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in files.items())
+        files = json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if isinstance(files, dict) and all(isinstance(v, dict) for v in files.values()) else None
+
+
+def is_complete(path: Path) -> bool:
+    """Every file of the manifest is present with its size (cheap: used whenever checkpoints are listed)."""
+    files = _manifest(path)
+    return files is not None and all(
+        (path / name).is_file() and (path / name).stat().st_size == entry["size"] for name, entry in files.items()
+    )
+
+
+def is_intact(path: Path) -> bool:
+    """Complete, and every file's SHA-256 matches the manifest (checked before a checkpoint is loaded)."""
+    return is_complete(path) and all(_sha256(path / name) == entry["sha256"] for name, entry in _manifest(path).items())
+
+
+def remove_partial(directory: Path) -> list[Path]:
+    """Delete what a crash left behind: temporary directories and checkpoints missing files; returns them."""
+    if not directory.exists():
+        return []
+    partial = [p for p in directory.glob(".tmp_*") if p.is_dir()]
+    partial += [p for p in directory.glob("step_*") if p.is_dir() and not is_complete(p)]
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return sorted(partial)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -89,8 +131,12 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    checkpoints = list_checkpoints(directory)
-    return checkpoints[-1] if checkpoints else None
+    """The newest checkpoint whose digests match its manifest; a corrupt one is reported and passed over."""
+    for checkpoint in reversed(list_checkpoints(directory)):
+        if is_intact(checkpoint):
+            return checkpoint
+        print(f"checkpoint {checkpoint} does not match its manifest (corrupt); trying an older one")
+    return None
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from mmopd.config import ConfigError, field_docs, load_config
+from mmopd.guard import NonFiniteError
 
 
 def _config_help() -> str:
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -86,11 +90,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from mmopd.build import build_processors, build_student_and_tokenizer, build_task, evaluate_on_task
+    from mmopd.build import (
+        build_network_policy,
+        build_processors,
+        build_student_and_tokenizer,
+        build_task,
+        evaluate_on_task,
+    )
     from mmopd.views import student_messages
 
     overrides = [*args.overrides, f"student.path={args.model}"] if args.model else args.overrides
     config = load_config(args.config, overrides)
+    build_network_policy(config)
     task = build_task(config.data)
     student, _ = build_student_and_tokenizer(config, task)
     result = evaluate_on_task(config, task, build_processors(config.data), student, student_messages)

@@ -187,6 +187,9 @@ class TrainConfig:
     """Show a progress bar."""
     wandb: bool = False
     """Also log to Weights & Biases (when installed)."""
+    max_nonfinite_steps: int = 5
+    """A step whose loss or gradient is NaN/inf is skipped (no update, reason in metrics.jsonl); this many
+    such steps in a row stop the run with an error."""
 
     def __post_init__(self):
         if self.batch_size % self.micro_batch_size:
@@ -195,6 +198,8 @@ class TrainConfig:
             raise ConfigError(f"unknown train.schedule {self.schedule!r}")
         if self.autocast not in ("none", "bfloat16"):
             raise ConfigError(f"train.autocast must be none or bfloat16, got {self.autocast!r}")
+        if self.max_nonfinite_steps < 1:
+            raise ConfigError(f"train.max_nonfinite_steps must be at least 1, got {self.max_nonfinite_steps}")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Run logging: `metrics.jsonl` (one object per step), TensorBoard, W&B when asked, and a PNG plot.
 
-On resume the JSONL is cut back to the checkpoint's step, so every step appears exactly once.
+On resume the JSONL is cut back to the checkpoint's step (and a line a crash cut short is dropped),
+so every step appears exactly once.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= step]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.path)
@@ -54,6 +55,14 @@ class MetricsLog:
             self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _step_of(line: str) -> float:
+    """The step of a JSONL record; a line a crash cut short (or a blank one) counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

