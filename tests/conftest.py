@@ -3,6 +3,8 @@ and a tiny Qwen2 text teacher (random init, built from configs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +42,20 @@ def student(tokenizer):
 @pytest.fixture()
 def text_teacher(tokenizer):
     return build_tiny(ModelConfig(family="qwen2", seed=1, **TINY), tokenizer)
+
+
+class _Payload:
+    """Unpickling this touches `marker`: what a malicious pickled file would do, harmlessly."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture()
+def code_in_a_pickle(tmp_path):
+    """(an object whose unpickling runs code, the file that code creates)."""
+    marker = tmp_path / "code_ran"
+    return _Payload(marker), marker
