@@ -3,6 +3,7 @@ broken image, text, JSONL line and path, each with the fragment its per-sample e
 
 Used by tests/test_bad_inputs.py and the soak (tests/soak.py). A new kind of bad input is one more
 `BadInput` row in `BAD_INPUTS`; a media file is written by a function of the path (see `media_line`).
+`write_poisoned_teacher` makes the loss NaN on exactly the samples whose privileged text holds `POISON`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
 
+from mmopd.build import build_task, build_tokenizer
+from mmopd.config import Config
+from mmopd.models import build_tiny
+
 QUESTION = "What colour is the shape?"
+POISON = "<|vision_pad|>"  # a media token: the student never samples it, so only the data brings it in
 
 
 @dataclass(frozen=True)
@@ -176,3 +183,13 @@ def write_dataset(root: Path, bad: list[BadInput], good: int = 4) -> tuple[Path,
     path = root / "data.jsonl"
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     return path, expected
+
+
+def write_poisoned_teacher(config: Config, directory: Path) -> None:
+    """Save `config.teacher.model` (tiny, on the tokenizer the run will build) with a NaN embedding for
+    `POISON`: a corrupt teacher checkpoint whose loss is NaN on exactly the samples that mention it."""
+    tokenizer = build_tokenizer(config, build_task(config.data))
+    teacher = build_tiny(config.teacher.model, tokenizer)
+    with torch.no_grad():
+        teacher.model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(POISON)] = float("nan")
+    teacher.save(directory)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bad_corpus import POISON, write_poisoned_teacher
 
-from mmopd.build import build_task, build_tokenizer
+from mmopd.build import build_task
 from mmopd.cli import main
 from mmopd.config import ModelConfig, load_config
 from mmopd.guard import NonFiniteError
@@ -21,7 +22,6 @@ from mmopd.models import build_tiny
 from mmopd.trainer import batch_of, optimizer_step, train
 
 ROOT = Path(__file__).resolve().parents[1]
-POISON = "<|vision_pad|>"  # a media token: the student never samples it, so only the data brings it in
 QUESTION = [{"role": "user", "content": "What colour is the shape?"}]
 
 
@@ -48,12 +48,7 @@ def poisoned_config(root: Path, privileged: list[str], *overrides: str):
         "train.checkpoint_every=100",
         *overrides,
     )
-    config = load_config(ROOT / "configs" / "debug.yaml", list(overrides))
-    tokenizer = build_tokenizer(config, build_task(config.data))  # what the run itself builds
-    teacher = build_tiny(config.teacher.model, tokenizer)
-    with torch.no_grad():
-        teacher.model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(POISON)] = float("nan")
-    teacher.save(root / "teacher")
+    write_poisoned_teacher(load_config(ROOT / "configs" / "debug.yaml", list(overrides)), root / "teacher")
     return load_config(ROOT / "configs" / "debug.yaml", [*overrides, f"teacher.model.path={root / 'teacher'}"])
 
 
