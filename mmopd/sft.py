@@ -78,6 +78,8 @@ def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Con
             if config.data.on_error == "raise":
                 raise
             skipped.append(str(error))
+    if not prepared:  # every sample of the step was bad: nothing to learn from, no update
+        return {"loss": 0.0, "skipped": len(skipped)}, skipped
     prompt = collate(prepared, bundle)
     hidden = completion_hidden_states(bundle, prompt, answers)  # (N, H)
     targets = torch.tensor([t for a in answers for t in a], dtype=torch.long, device=hidden.device)  # (N,)

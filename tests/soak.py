@@ -104,7 +104,7 @@ def one_run(config: Path, run_dir: Path, every: int, steps: int, seconds: float,
         crash_at = None
         # The resumed process replays from the last checkpoint at or before `before`.
         reachable = range(max(before // every * every + 1, 1), steps + 1)
-        if rng.random() < 0.4 and len(reachable):  # a named crash point at a step this attempt will reach
+        if rng.random() < 0.5 and len(reachable):  # a named crash point at a step this attempt will reach
             point = rng.choice(["rollout", "loss", "checkpoint"])
             candidates = [s for s in reachable if point != "checkpoint" or s % every == 0 or s == steps]
             crash_at = f"{point}:{rng.choice(candidates)}"
@@ -112,7 +112,7 @@ def one_run(config: Path, run_dir: Path, every: int, steps: int, seconds: float,
         tally["processes started"] += 1
         tally["resumes"] += before >= 0
         try:
-            _, stderr = process.communicate(timeout=None if crash_at else rng.uniform(0.2, 0.9) * seconds)
+            _, stderr = process.communicate(timeout=None if crash_at else rng.uniform(0.15, 0.75) * seconds)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.communicate()

@@ -15,6 +15,7 @@ from mmopd.build import Parts, build_processors
 from mmopd.config import DataConfig, ModelConfig, load_config
 from mmopd.metrics import read_metrics
 from mmopd.models import build_tiny, train_bpe_tokenizer
+from mmopd.sft import sft
 from mmopd.tasks.jsonl import JsonlError, JsonlTask
 from mmopd.teacher import ModelTeacher
 from mmopd.trainer import render_batch, train
@@ -69,3 +70,22 @@ def test_a_run_over_a_mixed_dataset_skips_exactly_the_bad_samples_and_says_why(t
         assert expected[SAMPLE_ID.match(line).group(1)] in line, line
     assert summary["steps"] == 2 and summary["skipped_samples"] == 2 * len(expected)
     assert [r["skipped"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")[1:]] == [len(expected)] * 2
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_a_step_whose_samples_are_all_bad_changes_nothing(tmp_path, command):
+    path, expected = write_dataset(tmp_path / "data", BAD_INPUTS[:4], good=0)
+    overrides = ["data.task=jsonl", f"data.task_args={{train_path: {path}}}", "train.eval_every=0"]
+    overrides += [
+        "train.steps=1",
+        "sft.steps=1",
+        "train.batch_size=4",
+        "train.micro_batch_size=4",
+        "sft.batch_size=4",
+        "sft.target=student",
+    ]
+    config = load_config(ROOT / "configs" / "debug.yaml", overrides)
+    summary = (train if command == "train" else sft)(config, tmp_path / "run")
+    assert summary["steps"] == 1 and summary["skipped_samples"] == 4
+    [record] = read_metrics(tmp_path / "run" / "metrics.jsonl")[1:]
+    assert record["loss"] == 0.0 and record.get("grad_norm") == 0.0
