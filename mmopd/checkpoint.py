@@ -77,8 +77,9 @@ def _fsync_dir(directory: Path) -> None:
 
 def save_model_dir(bundle: ModelBundle, path: Path) -> None:
     """`bundle.save(path)` through a temporary directory, so `path` is either complete or absent."""
+    for stale in path.parent.glob(f".tmp_{path.name}_*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     bundle.save(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)

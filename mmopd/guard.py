@@ -23,11 +23,19 @@ def nonfinite_reason(loss: float, grad_norm: float) -> str | None:
     return None
 
 
-def check_streak(streak: int, limit: int, step: int, reason: str) -> None:
-    """Raise `NonFiniteError` once `streak` consecutive steps were skipped and `limit` is reached."""
-    if streak >= limit:
-        raise NonFiniteError(
-            f"stopped at step {step}: {streak} consecutive steps had a non-finite loss or gradient "
-            f"(last: {reason}); none of them changed the weights. Look at the data of these steps "
-            "(metrics.jsonl, skipped.txt), lower train.lr, or raise train.max_nonfinite_steps."
-        )
+def count_skipped_update(state: dict, record: dict) -> None:
+    """Update the loop state's `skipped_updates` (total, also put in the step's record) and
+    `nonfinite_streak` (how many in a row, which stops the run at the limit)."""
+    skipped = record.get("skipped_update", 0)
+    state["skipped_updates"] += skipped
+    state["nonfinite_streak"] = state["nonfinite_streak"] + 1 if skipped else 0
+    record["skipped_updates"] = state["skipped_updates"]
+
+
+def streak_message(streak: int, step: int, reason: str) -> str:
+    """Why the run stops after `streak` consecutive skipped updates, ending at `step`."""
+    return (
+        f"stopped at step {step}: {streak} consecutive steps had a non-finite loss or gradient "
+        f"(last: {reason}); none of them changed the weights. Look at the data of these steps "
+        "(metrics.jsonl, skipped.txt), lower train.lr, or raise train.max_nonfinite_steps."
+    )

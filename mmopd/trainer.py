@@ -32,7 +32,7 @@ from mmopd.checkpoint import (
 )
 from mmopd.config import Config, save_config
 from mmopd.crash import crash_point, enter_step
-from mmopd.guard import check_streak, nonfinite_reason
+from mmopd.guard import NonFiniteError, count_skipped_update, nonfinite_reason, streak_message
 from mmopd.losses import chunked_divergence, policy_gradient_loss, sampled_logprobs
 from mmopd.metrics import MetricsLog
 from mmopd.models import ModelBundle, output_head
@@ -102,15 +102,14 @@ def run_loop(
         samples = batch_of(train_samples, step, batch_size, cfg.seed)
         record = {"step": step, **optimizer_step(model, optimizer, partial(step_fn, step, samples), lr, cfg)}
         state["skipped"] += record.get("skipped", 0)
-        # A skipped update counts; `nonfinite_streak` is how many in a row, which stops the run at the limit.
-        state["skipped_updates"] += record.get("skipped_update", 0)
-        state["nonfinite_streak"] = state["nonfinite_streak"] + 1 if record.get("skipped_update") else 0
-        record["skipped_updates"] = state["skipped_updates"]
+        count_skipped_update(state, record)
         if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
             record.update(eval_fn())
             state["accuracy_last"] = record["accuracy"]
         log.log(record)
-        check_streak(state["nonfinite_streak"], cfg.max_nonfinite_steps, step, record.get("nonfinite_reason", ""))
+        if state["nonfinite_streak"] >= cfg.max_nonfinite_steps:
+            log.close()
+            raise NonFiniteError(streak_message(state["nonfinite_streak"], step, record["nonfinite_reason"]))
         progress.update(1)
         shown = {key: f"{record[key]:.4f}" for key in ("loss", "kl") if key in record}
         progress.set_postfix(**shown, acc=state["accuracy_last"])

@@ -14,6 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
+import torch
+
 from mmopd.checkpoint import list_checkpoints
 from mmopd.cli import main
 from mmopd.crash import CRASH_ENV
@@ -21,12 +23,14 @@ from mmopd.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = str(ROOT / "configs" / "debug.yaml")
-# One thread: CPU float reductions are then identical in every process, so losses compare exactly.
 SHORT = ["train.steps=8", "train.checkpoint_every=2", "train.eval_every=4", "eval.num_samples=8", "train.threads=1"]
 COMPARED = ("loss", "kl", "grad_norm", "lr", "accuracy", "skipped", "skipped_updates")
 
 
 def _child(argv: list[str], crash_at: str | None) -> None:
+    # A forked child must not enter an OpenMP parallel region: the parent's thread pool did not survive
+    # the fork and the child would hang. One thread also makes every run's float reductions identical.
+    torch.set_num_threads(1)
     if crash_at:
         os.environ[CRASH_ENV] = crash_at
     sys.exit(main(argv))
@@ -36,7 +40,11 @@ def run_cli(argv: list[str], crash_at: str | None = None) -> int:
     """Exit code of `mmopd argv` in a forked child: 0 on success, -SIGKILL when it killed itself."""
     process = multiprocessing.get_context("fork").Process(target=_child, args=(argv, crash_at))
     process.start()
-    process.join(timeout=300)
+    process.join(timeout=180)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        raise TimeoutError(f"mmopd {' '.join(argv)} did not finish in 180 s")
     return process.exitcode
 
 
