@@ -97,14 +97,15 @@ def compare(reference: Path, run_dir: Path) -> list[str]:
     return problems
 
 
-def one_run(config: Path, run_dir: Path, every: int, steps: int, seconds: float, rng: random.Random, tally: Counter):
-    """Start, kill and resume one run until it completes."""
+def one_run(config, run_dir: Path, every: int, steps: int, seconds: float, deadline: float, rng, tally: Counter):
+    """Start, kill and resume one run until it completes; after `deadline`, let it finish unharmed."""
     while True:
         before = last_step(run_dir)
         crash_at = None
+        killing = time.perf_counter() < deadline
         # The resumed process replays from the last checkpoint at or before `before`.
         reachable = range(max(before // every * every + 1, 1), steps + 1)
-        if rng.random() < 0.5 and len(reachable):  # a named crash point at a step this attempt will reach
+        if killing and rng.random() < 0.5 and len(reachable):  # a named crash point at a step this attempt will reach
             point = rng.choice(["rollout", "loss", "checkpoint"])
             candidates = [s for s in reachable if point != "checkpoint" or s % every == 0 or s == steps]
             crash_at = f"{point}:{rng.choice(candidates)}"
@@ -112,7 +113,8 @@ def one_run(config: Path, run_dir: Path, every: int, steps: int, seconds: float,
         tally["processes started"] += 1
         tally["resumes"] += before >= 0
         try:
-            _, stderr = process.communicate(timeout=None if crash_at else rng.uniform(0.15, 0.75) * seconds)
+            timeout = rng.uniform(0.15, 0.75) * seconds if killing and not crash_at else None
+            _, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.communicate()
@@ -123,7 +125,7 @@ def one_run(config: Path, run_dir: Path, every: int, steps: int, seconds: float,
             if process.returncode != -signal.SIGKILL:
                 raise SystemExit(f"training failed (exit {process.returncode}):\n{stderr[-3000:]}")
             tally[f"SIGKILL at crash point {crash_at.split(':')[0]}"] += 1
-        tally["kills before any new step was logged"] += last_step(run_dir) <= before
+        tally["kills before the run got past its furthest step so far"] += last_step(run_dir) <= before
         inspect_leftovers(run_dir, tally)
 
 
@@ -156,7 +158,7 @@ def main() -> int:
     rng, tally, runs = random.Random(args.seed), Counter(), 0
     while time.perf_counter() - began < args.minutes * 60:
         run_dir = work / f"run_{runs}"
-        one_run(config, run_dir, every, args.steps, seconds, rng, tally)
+        one_run(config, run_dir, every, args.steps, seconds, began + args.minutes * 60, rng, tally)
         problems = compare(reference, run_dir)
         if problems:
             print(f"run {runs} differs from the reference:\n  " + "\n  ".join(problems[:20]))
