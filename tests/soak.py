@@ -25,7 +25,7 @@ from pathlib import Path
 from bad_corpus import BAD_INPUTS, POISON, row, write_dataset, write_poisoned_teacher
 from transformers.utils import logging as transformers_logging
 
-from mmopd.checkpoint import is_complete
+from mmopd.checkpoint import is_complete, list_checkpoints
 from mmopd.config import load_config, save_config
 from mmopd.crash import CRASH_ENV
 from mmopd.metrics import read_metrics
@@ -97,15 +97,17 @@ def compare(reference: Path, run_dir: Path) -> list[str]:
     return problems
 
 
-def one_run(config, run_dir: Path, every: int, steps: int, seconds: float, deadline: float, rng, tally: Counter):
-    """Start, kill and resume one run until it completes; after `deadline`, let it finish unharmed."""
+def one_run(config, run_dir: Path, every: int, steps: int, kill_after, deadline: float, rng, tally: Counter):
+    """Start, kill and resume one run until it completes; after `deadline`, let it finish unharmed.
+    A random kill comes `kill_after` = (startup, whole run) seconds: after startup, within the run."""
     while True:
         before = last_step(run_dir)
         crash_at = None
-        killing = time.perf_counter() < deadline
-        # The resumed process replays from the last checkpoint at or before `before`.
-        reachable = range(max(before // every * every + 1, 1), steps + 1)
-        if killing and rng.random() < 0.5 and len(reachable):  # a named crash point at a step this attempt will reach
+        checkpoints = list_checkpoints(run_dir / "checkpoints")
+        done = int(checkpoints[-1].name.split("_")[1]) if checkpoints else 0  # where the next process resumes
+        reachable = range(done + 1, steps + 1)
+        killing = time.perf_counter() < deadline and len(reachable) > 0
+        if killing and rng.random() < 0.5:  # a named crash point at a step this attempt will reach
             point = rng.choice(["rollout", "loss", "checkpoint"])
             candidates = [s for s in reachable if point != "checkpoint" or s % every == 0 or s == steps]
             crash_at = f"{point}:{rng.choice(candidates)}"
@@ -113,20 +115,40 @@ def one_run(config, run_dir: Path, every: int, steps: int, seconds: float, deadl
         tally["processes started"] += 1
         tally["resumes"] += before >= 0
         try:
-            timeout = rng.uniform(0.15, 0.75) * seconds if killing and not crash_at else None
+            startup, seconds = kill_after  # a random moment of the training this process has left to do
+            left = startup + (seconds - startup) * len(reachable) / steps
+            timeout = rng.uniform(startup, left) if killing and not crash_at else None
             _, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.communicate()
             tally["SIGKILL at a random moment"] += 1
+            what = f"SIGKILL after {timeout:.0f} s"
         else:
             if process.returncode == 0:
+                print(f"  {run_dir.name}: completed after step {before}", flush=True)
                 return
             if process.returncode != -signal.SIGKILL:
                 raise SystemExit(f"training failed (exit {process.returncode}):\n{stderr[-3000:]}")
             tally[f"SIGKILL at crash point {crash_at.split(':')[0]}"] += 1
+            what = f"SIGKILL at crash point {crash_at}"
+        print(f"  {run_dir.name}: {what}, last step logged {last_step(run_dir)} (before: {before})", flush=True)
         tally["kills before the run got past its furthest step so far"] += last_step(run_dir) <= before
         inspect_leftovers(run_dir, tally)
+
+
+def timed_reference(config: Path, run_dir: Path) -> tuple[float, float]:
+    """Run the uninterrupted reference; seconds until its first metrics record, and in all."""
+    began, startup = time.perf_counter(), None
+    argv = [sys.executable, "-m", "mmopd.cli", "train", str(config), "--run-dir", str(run_dir)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    while process.poll() is None:
+        if startup is None and (run_dir / "metrics.jsonl").exists():
+            startup = time.perf_counter() - began
+        time.sleep(0.1)
+    if process.returncode != 0:
+        raise SystemExit(f"the reference run failed (exit {process.returncode})")
+    return startup, time.perf_counter() - began
 
 
 def main() -> int:
@@ -142,15 +164,11 @@ def main() -> int:
     config, every = write_config(work, args.steps)
     began = time.perf_counter()
     reference = work / "reference"
-    subprocess.run(
-        [sys.executable, "-m", "mmopd.cli", "train", str(config), "--run-dir", str(reference)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    seconds = time.perf_counter() - began
+    startup, seconds = timed_reference(config, reference)
     summary = json.loads((reference / "summary.json").read_text())
     print(
-        f"reference run: {args.steps} steps in {seconds:.0f} s, {summary['skipped_samples']} skipped samples, "
+        f"reference run: {args.steps} steps in {seconds:.0f} s ({startup:.0f} s to the first step), "
+        f"{summary['skipped_samples']} skipped samples, "
         f"{summary['skipped_updates']} non-finite steps skipped",
         flush=True,
     )
@@ -158,7 +176,8 @@ def main() -> int:
     rng, tally, runs = random.Random(args.seed), Counter(), 0
     while time.perf_counter() - began < args.minutes * 60:
         run_dir = work / f"run_{runs}"
-        one_run(config, run_dir, every, args.steps, seconds, began + args.minutes * 60, rng, tally)
+        kill_after = (startup, seconds)
+        one_run(config, run_dir, every, args.steps, kill_after, began + args.minutes * 60, rng, tally)
         problems = compare(reference, run_dir)
         if problems:
             print(f"run {runs} differs from the reference:\n  " + "\n  ".join(problems[:20]))
