@@ -3,7 +3,7 @@
 `MMOPD_CRASH_AT=point:step` (e.g. `loss:5`) makes the process SIGKILL itself the first time it
 reaches `crash_point(point)` during optimizer step `step`; unset, a crash point does nothing.
 Points: `rollout` (after sampling, before the teacher), `loss` (gradients accumulated, before the
-update), `checkpoint` (checkpoint files written, before the rename), `metrics` (half a line written).
+update), `checkpoint` (checkpoint files written, before the rename).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import signal
 
 CRASH_ENV = "MMOPD_CRASH_AT"
-POINTS = ("rollout", "loss", "checkpoint", "metrics")
+POINTS = ("rollout", "loss", "checkpoint")
 
 _current_step = 0
 

@@ -27,7 +27,7 @@ from transformers.utils import logging as transformers_logging
 
 from mmopd.checkpoint import is_complete, list_checkpoints
 from mmopd.config import load_config, save_config
-from mmopd.crash import CRASH_ENV
+from mmopd.crash import CRASH_ENV, POINTS
 from mmopd.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def one_run(config, run_dir: Path, every: int, steps: int, kill_after, deadline:
         reachable = range(done + 1, steps + 1)
         killing = time.perf_counter() < deadline and len(reachable) > 0
         if killing and rng.random() < 0.5:  # a named crash point at a step this attempt will reach
-            point = rng.choice(["rollout", "loss", "checkpoint"])
+            point = rng.choice(POINTS)
             candidates = [s for s in reachable if point != "checkpoint" or s % every == 0 or s == steps]
             crash_at = f"{point}:{rng.choice(candidates)}"
         process = start(config, run_dir, crash_at)
