@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 import mmopd.losses  # noqa: F401  (registers the built-in divergences)
-import mmopd.processors.image  # noqa: F401  (registers the built-in processors)
+import mmopd.processors.audio  # noqa: F401  (registers the built-in processors)
+import mmopd.processors.image  # noqa: F401
+import mmopd.processors.video  # noqa: F401
 import mmopd.tasks.jsonl  # noqa: F401  (registers the built-in tasks)
 import mmopd.tasks.shapes  # noqa: F401
 from mmopd.config import Config, ConfigError, DataConfig, ModelConfig
