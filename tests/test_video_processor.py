@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from media_corpus import BAD_MEDIA, LIMITS, video_frames, write_video
+from media_corpus import LIMITS, bad_names, refusal, video_frames, write_video
 from PIL import Image
 from transformers import Qwen2VLVideoProcessor
 
@@ -142,16 +142,10 @@ def test_single_frame_video_is_refused(tmp_path: Path) -> None:
         load(VideoProcessor(**SMALL), video)
 
 
-@pytest.mark.parametrize("name", [name for name, (kind, _, _) in BAD_MEDIA.items() if kind == "video"])
+@pytest.mark.parametrize("name", bad_names("video"))
 def test_bad_videos_raise_media_error_naming_sample_and_file(tmp_path: Path, name: str) -> None:
-    _, write, reason = BAD_MEDIA[name]
-    root = tmp_path / "data"
-    root.mkdir()
-    relative = write(root)
-    with pytest.raises(MediaError) as caught:
-        VideoProcessor(**LIMITS["video"]).load(MediaRef(kind="video", path=relative, root=str(root)), SAMPLE_ID)
-    assert caught.value.sample_id == SAMPLE_ID and caught.value.source == relative
-    assert reason in caught.value.reason
+    relative, reason, error = refusal(VideoProcessor(**LIMITS["video"]), name, tmp_path, SAMPLE_ID)
+    assert error.sample_id == SAMPLE_ID and error.source == relative and reason in error.reason
 
 
 @pytest.mark.parametrize(
