@@ -35,14 +35,19 @@ def video_frames(count: int, width: int = 64, height: int = 48, seed: int = 0) -
 
 
 def write_video(
-    path: Path, frames: np.ndarray, fps: int = 10, container_format: str | None = None, faststart: bool = False
+    path: Path,
+    frames: np.ndarray,
+    fps: int = 10,
+    container_format: str | None = None,
+    faststart: bool = False,
+    codec: str = "libx264",
 ) -> Path:
-    """Encode (T, H, W, 3) uint8 frames with libx264 (H.264 in MP4 unless the suffix says otherwise);
+    """Encode (T, H, W, 3) uint8 frames (H.264 in MP4 unless the suffix or arguments say otherwise);
     `faststart` puts the MP4 index before the frames."""
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", format=container_format, options=options) as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         container.start_encoding()  # writes the header even when there is no frame

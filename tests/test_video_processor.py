@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -62,6 +63,26 @@ def test_decord_and_pyav_give_the_same_clip(tmp_path: Path) -> None:
     assert (decord_clip.frames.int() - pyav_clip.frames.int()).abs().float().mean() < 2.0
     assert decord_clip.timestamps == pytest.approx(pyav_clip.timestamps, abs=1e-3)
     assert decord_clip.fps == pyav_clip.fps
+
+
+@pytest.mark.parametrize(
+    "name, codec",
+    [
+        ("grey.mkv", "libsvtav1"),  # decord's FFmpeg has no AV1 decoder: it cannot open the file
+        ("grey.ts", "libx264"),  # decord opens MPEG-TS but fails to seek in it
+    ],
+)
+def test_auto_falls_back_to_pyav_when_decord_fails(tmp_path: Path, name: str, codec: str) -> None:
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV build has no {codec} encoder")
+    levels = (np.arange(20) * 8).astype(np.uint8)
+    frames = np.broadcast_to(levels[:, None, None, None], (20, 64, 64, 3)).copy()  # (T, H, W, 3)
+    video = write_video(tmp_path / name, frames, fps=10, codec=codec)
+    with pytest.raises(MediaError, match="decord"):
+        load(VideoProcessor(nframes=4, decoder="decord", **SMALL), video)
+    clip = load(VideoProcessor(nframes=4, **SMALL), video)
+    assert source_index(clip.frames) == [0, 6, 13, 19]
+    assert clip.timestamps == pytest.approx([index / 10 for index in (0, 6, 13, 19)], abs=0.06)
 
 
 @pytest.mark.parametrize(
