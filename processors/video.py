@@ -47,6 +47,12 @@ class VideoClip:
     fps: float
     """Frames per second of the sampled frames (Qwen2.5-VL's `second_per_grid_ts` is 2 / fps)."""
 
+    def metadata(self) -> dict[str, Any]:
+        """`video_metadata` for a transformers video processor (frames already sampled): its
+        `sampled_fps` is `fps`; its timestamps, index / fps, count from the first sampled frame."""
+        count = self.frames.shape[0]
+        return {"total_num_frames": count, "fps": self.fps, "frames_indices": list(range(count))}
+
 
 @PROCESSORS.register("video")
 @dataclass(frozen=True)

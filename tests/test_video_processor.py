@@ -9,10 +9,13 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from media_corpus import LIMITS, bad_names, refusal, video_frames, write_video
 from PIL import Image
 from transformers import Qwen2VLVideoProcessor
 
+from mmopd.config import ModelConfig
+from mmopd.models import build_tiny
 from mmopd.processors.video import VideoClip, VideoProcessor
 from mmopd.registry import PROCESSORS
 from mmopd.sample import MediaError, MediaRef
@@ -125,6 +128,23 @@ def test_clip_goes_through_the_qwen_video_processor_unresized(tmp_path: Path) ->
     hf = Qwen2VLVideoProcessor(min_pixels=SMALL["min_pixels"], max_pixels=SMALL["max_pixels"])
     grid = hf(videos=[clip.frames], return_tensors="pt")["video_grid_thw"]
     assert grid.tolist() == [[frames // 2, height // 14, width // 14]]
+
+
+def test_tiny_qwen25_vl_reads_the_clip_at_its_frame_rate(tmp_path: Path, tokenizer) -> None:
+    spec = ModelConfig(family="qwen2_5_vl", vision_depth=1, vision_hidden_size=32, vision_heads=2, **TINY)
+    bundle = build_tiny(spec, tokenizer)
+    video = write_video(tmp_path / "v.mp4", video_frames(30, width=90, height=70), fps=10)
+    clip = load(VideoProcessor(fps=2.0, **SMALL), video)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What colour is it?"}]}]
+    text = bundle.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    size = {"shortest_edge": SMALL["min_pixels"], "longest_edge": SMALL["max_pixels"]}
+    inputs = bundle.processor(
+        text=[text], videos=[clip.frames], video_metadata=[clip.metadata()], size=size, return_tensors="pt"
+    )
+    frames, _, height, width = clip.frames.shape
+    assert inputs["video_grid_thw"].tolist() == [[frames // 2, height // 14, width // 14]]
+    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([2 / clip.fps])
+    assert torch.isfinite(bundle.model(**inputs).logits).all()
 
 
 def test_path_bytes_and_array_inputs(tmp_path: Path) -> None:
