@@ -97,6 +97,7 @@ def test_unreadable_dataset_and_bad_arguments_exit_two(tmp_path: Path, capsys) -
     assert main(["data", "check", "--jsonl", str(tmp_path / "broken.jsonl")]) == 2
     assert main(["data", "check", "--jsonl", str(tmp_path / "absent.jsonl")]) == 2
     assert main(["data", "check"]) == 2
+    assert main(["data", "check", "--jsonl", str(tmp_path / "broken.jsonl"), "--max-samples", "-1"]) == 2
     assert main(["data", "check", "configs/debug.yaml", "--jsonl", str(tmp_path / "broken.jsonl")]) == 2
     assert "broken.jsonl:1" in capsys.readouterr().err
 
