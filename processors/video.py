@@ -229,7 +229,7 @@ class _PyAVFrames:
     def read(self, indices: list[int]) -> Iterator[tuple[np.ndarray, list[float]]]:
         wanted: dict[int, int] = {}
         for index in indices:
-            wanted[index] = wanted.get(index, 0) + 1  # an index repeats when nframes > frames
+            wanted[index] = wanted.get(index, 0) + 1  # a repeated index gives the frame twice, as decord does
         frames, times = [], []
         with self._container() as container:
             for position, frame in enumerate(container.decode(video=0)):
@@ -282,6 +282,8 @@ def frames_array(data: Any, sample_id: str, source: str) -> np.ndarray:
         return (
             np.stack([np.asarray(image.convert("RGB")) for image in data]) if data else np.zeros((0, 1, 1, 3), np.uint8)
         )
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu()
     array = data.permute(0, 2, 3, 1).numpy() if isinstance(data, torch.Tensor) and data.ndim == 4 else np.asarray(data)
     if array.ndim != 4 or array.shape[3] != 3 or array.dtype != np.uint8:
         layout = "(T, 3, H, W) tensor" if isinstance(data, torch.Tensor) else "(T, H, W, 3) array"
