@@ -78,6 +78,12 @@ def test_integer_pcm_arrays_are_scaled_like_soundfile() -> None:
     np.testing.assert_array_equal(from_file.waveform, from_array.waveform)
 
 
+def test_content_decides_the_format_not_the_extension(tmp_path: Path) -> None:
+    wav = write_audio(tmp_path / "tone.wav", tone(0.5))
+    (tmp_path / "really_a_wav.ogg").write_bytes(wav.read_bytes())
+    assert load(AudioProcessor(), tmp_path / "really_a_wav.ogg").waveform.shape == (8000,)
+
+
 def test_silence_is_valid_audio(tmp_path: Path) -> None:
     clip = load(AudioProcessor(), write_audio(tmp_path / "silence.wav", np.zeros((8000, 1), np.float32)))
     assert clip.waveform.shape == (8000,) and not clip.waveform.any()

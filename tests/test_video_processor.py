@@ -163,6 +163,12 @@ def test_path_bytes_and_array_inputs(tmp_path: Path) -> None:
         assert clip.timestamps == pytest.approx([0.0, 1.0, 1.5, 2.5])  # in-memory frames are at `fps` (2)
 
 
+def test_content_decides_the_format_not_the_extension(tmp_path: Path) -> None:
+    video = brightness_video(tmp_path / "grey.mp4")
+    (tmp_path / "really_an_mp4.avi").write_bytes(video.read_bytes())
+    assert load(VideoProcessor(nframes=4, **SMALL), tmp_path / "really_an_mp4.avi").frames.shape[0] == 4
+
+
 def test_over_long_video_is_refused_or_truncated(tmp_path: Path) -> None:
     video = brightness_video(tmp_path / "grey.mp4", count=30, fps=10)  # 3 s
     with pytest.raises(MediaError, match=r"grey\.mp4.*max_duration_s=2"):
