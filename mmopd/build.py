@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 import mmopd.losses  # noqa: F401  (registers the built-in divergences)
-import mmopd.processors.image  # noqa: F401  (registers the built-in processors)
+import mmopd.processors.audio  # noqa: F401  (registers the built-in processors)
+import mmopd.processors.image  # noqa: F401
+import mmopd.processors.video  # noqa: F401
 import mmopd.tasks.jsonl  # noqa: F401  (registers the built-in tasks)
 import mmopd.tasks.shapes  # noqa: F401
 from mmopd.config import Config, ConfigError, DataConfig, ModelConfig
@@ -83,16 +85,27 @@ def build_task(config: DataConfig) -> Any:
 
 
 def build_processors(config: DataConfig) -> dict[str, Any]:
-    unknown = set(config.processor_args) - set(PROCESSORS.names())
+    """The processor serving each media kind: every registered processor serves its own `kind` (the one
+    registered under the kind's name first), and `data.processors` maps a kind to another one."""
+    names = PROCESSORS.names()
+    chosen = dict(config.processors)
+    unknown = set(config.processor_args) - set(names) - set(chosen.values())
     if unknown:
         raise ConfigError(
             f"data.processor_args names unknown processors {sorted(unknown)}; known: {PROCESSORS.names()}"
         )
-    processors = {}
-    for name in PROCESSORS.names():
-        processor = _construct(PROCESSORS.get(name), config.processor_args.get(name, {}), f"data.processor_args.{name}")
-        processors[processor.kind] = processor
-    return processors
+    built = {}
+    for name in sorted({*names, *chosen.values()}):
+        try:
+            factory = PROCESSORS.get(name)
+        except (KeyError, ImportError, AttributeError) as error:
+            raise ConfigError(f"data.processors: {error}") from error
+        built[name] = _construct(factory, config.processor_args.get(name, {}), f"data.processor_args.{name}")
+    serving: dict[str, str] = {}
+    for name in sorted(names, key=lambda name: name != built[name].kind):
+        serving.setdefault(built[name].kind, name)
+    serving.update(chosen)
+    return {kind: built[name] for kind, name in serving.items()}
 
 
 def _construct(factory: Any, kwargs: dict, where: str) -> Any:
