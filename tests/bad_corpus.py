@@ -1,5 +1,5 @@
 """A bad-input corpus, generated on the fly: one JSONL dataset mixing good samples with every kind of
-broken image, text, JSONL line and path, each with the fragment its per-sample error must contain.
+broken image, video, audio, text, JSONL line and path, each with the fragment its per-sample error must contain.
 
 Used by tests/test_bad_inputs.py and the soak (tests/soak.py). A new kind of bad input is one more
 `BadInput` row in `BAD_INPUTS`; a media file is written by a function of the path (see `media_line`).
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import media_corpus
 import torch
 from PIL import Image
 
@@ -157,8 +158,14 @@ BAD_INPUTS: list[BadInput] = [
         rejected_line=True,
     ),
 ]
-# The integrator adds video and audio rows here after merging the video/audio processors, e.g.
-#   BadInput("truncated-mp4", "cannot decode", media_line("video", "x.mp4", media_corpus.truncated_mp4)),
+# Broken video and audio files, written by tests/media_corpus.py (shared with `mmopd data check`'s tests).
+BAD_INPUTS += [
+    BadInput(name.replace("_", "-"), reason, lambda root, i, kind=kind, write=write: row(i, kind, write(root)))
+    for name, (kind, write, reason) in media_corpus.BAD_MEDIA.items()
+    if write is not media_corpus.bad_escaping_path  # the JSONL reader refuses `../` itself: rows above
+]
+PROCESSOR_ARGS = media_corpus.LIMITS
+"""`data.processor_args` under which the over-long video and audio files are over the limit."""
 
 
 def good_rows(root: Path, count: int) -> list[str]:

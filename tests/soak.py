@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bad_corpus import BAD_INPUTS, POISON, row, write_dataset, write_poisoned_teacher
+from bad_corpus import BAD_INPUTS, POISON, PROCESSOR_ARGS, row, write_dataset, write_poisoned_teacher
 from transformers.utils import logging as transformers_logging
 
 from mmopd.checkpoint import is_complete, list_checkpoints
@@ -44,6 +44,7 @@ def write_config(work: Path, steps: int) -> tuple[Path, int]:
     overrides += [f"train.steps={steps}", "train.batch_size=8", "train.micro_batch_size=8", "train.threads=1"]
     overrides += [f"train.checkpoint_every={every}", "train.eval_every=20", "train.max_nonfinite_steps=10"]
     overrides += ["data.max_prompt_tokens=256", "eval.num_samples=8", "data.on_error=skip"]
+    overrides += [f"data.processor_args={PROCESSOR_ARGS}"]
     config = load_config(ROOT / "configs" / "debug.yaml", overrides)
     write_poisoned_teacher(config, work / "teacher")
     path = work / "soak.yaml"

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from bad_corpus import BAD_INPUTS, write_dataset
+from bad_corpus import BAD_INPUTS, PROCESSOR_ARGS, write_dataset
 
 from mmopd.build import Parts, build_processors
 from mmopd.config import DataConfig, ModelConfig, load_config
@@ -33,7 +33,7 @@ def parts(tmp_path_factory) -> Parts:
     tiny = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
     student = build_tiny(ModelConfig(vision_depth=1, vision_hidden_size=32, vision_heads=2, **tiny), tokenizer)
     teacher = build_tiny(ModelConfig(family="qwen2", seed=1, **tiny), tokenizer)
-    processors = build_processors(DataConfig())
+    processors = build_processors(DataConfig(processor_args=PROCESSOR_ARGS))
     return Parts(None, None, processors, student, ModelTeacher(teacher, "text", processors), None)
 
 
@@ -61,6 +61,7 @@ def test_a_run_over_a_mixed_dataset_skips_exactly_the_bad_samples_and_says_why(t
     overrides = ["data.task=jsonl", f"data.task_args={{train_path: {path}, eval_path: {path}}}"]
     overrides += [f"train.batch_size={size}", f"train.micro_batch_size={size}", "train.steps=2", "train.eval_every=0"]
     overrides += [f"data.max_prompt_tokens={MAX_PROMPT_TOKENS}", "eval.num_samples=8", "data.on_error=skip"]
+    overrides += [f"data.processor_args={PROCESSOR_ARGS}"]
     summary = train(load_config(ROOT / "configs" / "debug.yaml", overrides), tmp_path / "run")
 
     lines = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
