@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mmopd.align import (
     AlignmentError,
@@ -14,7 +16,7 @@ from mmopd.align import (
     tokenize_exact,
     vocab_map,
 )
-from mmopd.models import qwen_tokenizer
+from mmopd.tokenizers import NAMED, load_tokenizer
 
 TEXTS = [
     "a red circle",
@@ -30,7 +32,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def qwen():
-    return qwen_tokenizer()
+    return load_tokenizer("qwen2")
 
 
 def check_alignment(student, teacher, student_ids, teacher_ids):
@@ -186,3 +188,92 @@ def test_vocab_map_pairs_equal_bytes_one_to_one(tokenizer, qwen):
     unpaired = set(range(len(tokenizer))) - set(shared.student_ids.tolist())
     assert unpaired and all(student_table.pieces[i] not in teacher_table.by_bytes for i in unpaired)
     assert not unpaired & student_table.special
+
+
+# Every pair of real tokenizers (and the task's tiny BPE), over text that stresses each kind.
+MIXED = [
+    "The answer is 42. 数字 12345, 3.14159 and 1,000,000!",
+    "emoji 🗼🎉👨‍👩‍👧 flags 🇫🇷 and accents: café, naïve, Ångström",
+    "日本語のテキスト、中文文本。한국어 텍스트",
+    "def f(x):\n    return {'a': [1, 2]}  # ok\n\n\n\tindented\r\n",
+    "   runs   of    spaces\n\n\n\nand newlines   ",
+    " 🗼",
+]
+CUT = "tower 🗼 and 数".encode()[:-1]  # a completion truncated inside a character
+
+
+def pair_names():
+    return [(s, t) for s in ["bpe", *sorted(NAMED)] for t in ["bpe", *sorted(NAMED)]]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tokenizer):
+    return {"bpe": tokenizer, **{name: load_tokenizer(name) for name in NAMED}}
+
+
+@pytest.mark.parametrize(("student_name", "teacher_name"), pair_names())
+def test_every_pair_aligns_with_full_coverage(tokenizers, student_name, teacher_name):
+    student, teacher = tokenizers[student_name], tokenizers[teacher_name]
+    for data in [text.encode() for text in MIXED] + [CUT]:
+        student_ids = tokenize_exact(student, data) + [student.eos_token_id]
+        teacher_ids = tokenize_exact(teacher, data) + [teacher.eos_token_id]
+        assert byte_table(student).join(student_ids) == byte_table(teacher).join(teacher_ids) == data
+        alignment = check_alignment(student, teacher, student_ids, teacher_ids)
+        assert bool(alignment.one_to_one[-1])  # end of turn ↔ end of turn
+        if student_name == teacher_name:
+            assert alignment.num_chunks == len(student_ids) and bool(alignment.one_to_one.all())
+
+
+@pytest.mark.parametrize("name", sorted(NAMED))
+def test_vocab_map_identity_and_bytes_for_named_tokenizers(tokenizers, name):
+    tok = tokenizers[name]
+    identity = vocab_map(tok, tok)
+    assert torch.equal(identity.student_ids, torch.arange(len(tok)))
+    assert torch.equal(identity.teacher_ids, torch.arange(len(tok)))
+    other = tokenizers["qwen2" if name != "qwen2" else "cl100k"]
+    shared = vocab_map(tok, other)
+    student_table, teacher_table = byte_table(tok), byte_table(other)
+    assert len(set(shared.teacher_ids.tolist())) == len(shared) > 1000
+    pairs = zip(shared.student_ids.tolist(), shared.teacher_ids.tolist())
+    assert all(student_table.pieces[s] == teacher_table.pieces[t] for s, t in pairs if s not in student_table.special)
+    # End of turn maps to end of turn, whatever the names.
+    assert shared.teacher_ids[shared.student_ids == tok.eos_token_id].tolist() == [other.eos_token_id]
+
+
+def test_numerals_map_by_bytes_not_strings(tokenizers):
+    # SentencePiece writes " 1" as "▁1"-style pieces, byte-level BPE as "Ġ1": strings differ, bytes match.
+    v3, qwen = tokenizers["mistral-v3"], tokenizers["qwen2"]
+    shared = vocab_map(v3, qwen)
+    space = v3.convert_tokens_to_ids("▁")
+    assert shared.teacher_ids[shared.student_ids == space].tolist() == [qwen.convert_tokens_to_ids("Ġ")]
+    digit = v3.convert_tokens_to_ids("7")
+    assert shared.teacher_ids[shared.student_ids == digit].tolist() == [qwen.convert_tokens_to_ids("7")]
+    fallback = v3.convert_tokens_to_ids("<0x20>")
+    assert fallback not in shared.student_ids.tolist()  # the real "▁" piece is preferred over <0x20>
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+    pair=st.sampled_from([("mistral-v1", "tekken"), ("tekken", "qwen2"), ("bpe", "mistral-v3"), ("cl100k", "bpe")]),
+)
+def test_any_segmentation_of_any_bytes_aligns(tokenizers, text, cuts, pair):
+    """A student may sample any ids: segment random bytes at random offsets, tokenise each segment."""
+    student, teacher = tokenizers[pair[0]], tokenizers[pair[1]]
+    data = text.encode()
+    data = data[: cuts[0] % (len(data) + 1)] if cuts else data  # maybe cut inside a character
+    offsets = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    student_ids = [i for a, b in zip(offsets, offsets[1:]) for i in tokenize_exact(student, data[a:b])]
+    teacher_ids = tokenize_exact(teacher, data)
+    assert byte_table(teacher).join(teacher_ids) == data
+    check_alignment(student, teacher, student_ids, teacher_ids)
+
+
+def test_tokenize_exact_keeps_text_a_normaliser_would_change(tokenizers):
+    # SentencePiece reads a literal "▁" as a space; the exact tokenisation must keep its three bytes.
+    v1 = tokenizers["mistral-v1"]
+    data = "a ▁ b and more".encode()
+    ids = tokenize_exact(v1, data)
+    assert byte_table(v1).join(ids) == data
+    assert ids[-2:] == tokenize_exact(v1, b" and more")[-2:]  # words the normaliser left alone keep their ids
