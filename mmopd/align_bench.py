@@ -226,6 +226,7 @@ def format_bench(result: dict, width: int, merge: bool, device: str) -> str:
 def run(args) -> int:
     """The `mmopd bench align` command."""
     merge = not args.skip_merge
+    torch.set_num_threads(args.threads)
     result = bench_align(
         batch_size=args.batch_size, width=args.width, merge=merge, device=args.device, min_seconds=args.seconds
     )

@@ -64,6 +64,7 @@ def _add_bench_align_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=0, help="distribution columns (default: full vocabularies)")
     parser.add_argument("--skip-merge", action="store_true", help="mmopd stops before (chunks × V) tensors")
     parser.add_argument("--device", default="cpu", help="where the distributions live: cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both (1: steadier when shared)")
     parser.add_argument("--batch-size", type=int, default=8, help="completions per micro-batch")
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per pair and framework")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
