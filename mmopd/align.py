@@ -174,7 +174,7 @@ def _encode_text(tokenizer, table: ByteTable, text: str) -> list[int]:
 
 def _encode_word(tokenizer, table: ByteTable, text: str, fallback: bool) -> list[int] | None:
     target = text.encode("utf-8")
-    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ids = _encode(tokenizer, text)
     produced = table.join(ids)
     if produced == target:
         return ids
@@ -200,3 +200,16 @@ def chunk_prefix_logprobs(
     the chunk's distribution is this plus the full log-distribution at its last position."""
     totals = torch.zeros(num_chunks, dtype=token_logprobs.dtype, device=token_logprobs.device)
     return totals.index_add_(0, chunk, token_logprobs) - token_logprobs[last]
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """The tokenizer's ids for `text`, special-token strings read as text; through the Rust backend
+    where there is one (the Python wrapper costs more than the encoding on short completions)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    previous, backend.encode_special_tokens = backend.encode_special_tokens, True
+    try:
+        return backend.encode(text, add_special_tokens=False).ids
+    finally:
+        backend.encode_special_tokens = previous

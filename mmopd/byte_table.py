@@ -91,16 +91,17 @@ class ByteTable:
         return ids
 
 
-_TABLES: dict[int, tuple[weakref.ref, int, ByteTable]] = {}
+_TABLES: dict[int, tuple[weakref.ref, ByteTable]] = {}
 
 
 def byte_table(tokenizer) -> ByteTable:
-    """The table of `tokenizer`, built once per tokenizer object (and size, should tokens be added)."""
+    """The table of `tokenizer`, built once per tokenizer object (tokens added to it later need a new
+    tokenizer object: `len(tokenizer)` is too slow to check on every call)."""
     cached = _TABLES.get(id(tokenizer))
-    if cached is None or cached[0]() is not tokenizer or cached[1] != len(tokenizer):
-        cached = (weakref.ref(tokenizer), len(tokenizer), _build_table(tokenizer))
+    if cached is None or cached[0]() is not tokenizer:
+        cached = (weakref.ref(tokenizer), _build_table(tokenizer))
         _TABLES[id(tokenizer)] = cached
-    return cached[2]
+    return cached[1]
 
 
 def _build_table(tokenizer) -> ByteTable:

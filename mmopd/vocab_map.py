@@ -26,20 +26,14 @@ class VocabMap:
         return len(self.student_ids)
 
 
-_MAPS: dict[tuple[int, int], tuple[weakref.ref, weakref.ref, int, int, VocabMap]] = {}
+_MAPS: dict[tuple[int, int], tuple[weakref.ref, weakref.ref, VocabMap]] = {}
 
 
 def vocab_map(student_tokenizer, teacher_tokenizer) -> VocabMap:
     """The shared vocabulary of two tokenizers, computed once per pair of tokenizer objects."""
     key = (id(student_tokenizer), id(teacher_tokenizer))
     cached = _MAPS.get(key)
-    sizes = (len(student_tokenizer), len(teacher_tokenizer))
-    if (
-        cached is None
-        or cached[0]() is not student_tokenizer
-        or cached[1]() is not teacher_tokenizer
-        or cached[2:4] != sizes
-    ):
+    if cached is None or cached[0]() is not student_tokenizer or cached[1]() is not teacher_tokenizer:
         pairs = shared_ids(
             byte_table(student_tokenizer),
             byte_table(teacher_tokenizer),
@@ -47,14 +41,10 @@ def vocab_map(student_tokenizer, teacher_tokenizer) -> VocabMap:
         )
         pairs.sort()
         ids = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)  # (S, 2)
-        cached = (
-            weakref.ref(student_tokenizer),
-            weakref.ref(teacher_tokenizer),
-            *sizes,
-            VocabMap(ids[:, 0], ids[:, 1]),
-        )
+        shared = VocabMap(ids[:, 0], ids[:, 1])
+        cached = (weakref.ref(student_tokenizer), weakref.ref(teacher_tokenizer), shared)
         _MAPS[key] = cached
-    return cached[4]
+    return cached[2]
 
 
 def shared_ids(
