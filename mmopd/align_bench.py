@@ -1,9 +1,10 @@
 """`mmopd bench align`: throughput of cross-tokenizer alignment and loss-input preparation, mmopd
 against TRL's GOLD (`trl.experimental.gold`), on the same completions and tokenizer pairs in one run.
 
-Both sides start from the student's sampled ids and per-token log-distributions of both models and
-end with what a chunk-level loss consumes: each chunk's chain-rule log-distribution for student and
-teacher (TRL: `_merge_probabilities_with_alignment_groups`, "bayesian"). Timings are wall-clock.
+Both start from the student's sampled ids and both models' per-token distributions. TRL aligns byte
+offsets and merges each chunk into a (chunks, V) distribution (`_merge_probabilities_with_alignment_groups`,
+"bayesian"); mmopd emits chunk ids, last positions and prefix log-probs, from which its chunked loss
+builds chunk rows itself, or with `merge` the same (chunks, V) output as TRL. Timings are wall-clock.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def make_batches(
     return batches
 
 
-def mmopd_prepare(student, teacher, batch: Batch, merge: bool = True) -> list[torch.Tensor]:
+def mmopd_prepare(student, teacher, batch: Batch, merge: bool = False) -> list[torch.Tensor]:
     """Exact bytes of the sampled ids, the teacher's exact tokenisation, the alignment of the batch, per
     side each chunk's last position and the log-probability of its earlier tokens (one segment sum),
     and with `merge` each chunk's (K, V) log-distribution: the same output as TRL's merge. Without
@@ -179,7 +180,7 @@ def bench_align(
     texts: list[str] = TEXTS,
     batch_size: int = 8,
     width: int = 0,
-    merge: bool = True,
+    merge: bool = False,
     device: str = "cpu",
     min_seconds: float = 2.0,
 ) -> dict:
@@ -225,7 +226,7 @@ def format_bench(result: dict, width: int, merge: bool, device: str) -> str:
 
 def run(args) -> int:
     """The `mmopd bench align` command."""
-    merge = not args.skip_merge
+    merge = args.merge
     torch.set_num_threads(args.threads)
     result = bench_align(
         batch_size=args.batch_size, width=args.width, merge=merge, device=args.device, min_seconds=args.seconds

@@ -62,7 +62,7 @@ def _add_align_parser(parser: argparse.ArgumentParser) -> None:
 
 def _add_bench_align_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=0, help="distribution columns (default: full vocabularies)")
-    parser.add_argument("--skip-merge", action="store_true", help="mmopd stops before (chunks × V) tensors")
+    parser.add_argument("--merge", action="store_true", help="mmopd also builds TRL's (chunks × V) output")
     parser.add_argument("--device", default="cpu", help="where the distributions live: cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both (1: steadier when shared)")
     parser.add_argument("--batch-size", type=int, default=8, help="completions per micro-batch")

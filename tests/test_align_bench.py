@@ -15,7 +15,7 @@ def test_mmopd_and_trl_produce_the_same_chunk_distributions():
     for student_name, teacher_name in PAIRS[:2]:
         student, teacher = load_tokenizer(student_name), load_tokenizer(teacher_name)
         for batch in make_batches(student, teacher, TEXTS, batch_size=1, width=97):
-            ours = mmopd_prepare(student, teacher, batch)
+            ours = mmopd_prepare(student, teacher, batch, merge=True)
             theirs = trl_prepare(student, teacher, batch)
             # TRL skips the end-of-turn chunk that mmopd aligns explicitly; all other chunks agree.
             assert torch.allclose(ours[2][:-1].exp(), theirs[0], rtol=1e-5, atol=1e-12)
