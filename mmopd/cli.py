@@ -1,4 +1,4 @@
-"""`mmopd train | sft | eval | demo`: thin wrappers that load a config and call one function."""
+"""`mmopd train | sft | eval | demo | bench`: thin wrappers that load a config and call one function."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--run-dir", type=Path, help="run directory (default: a new one under runs/)")
             sub.add_argument("--resume", action="store_true", help="continue the run found in --run-dir")
+    bench = commands.add_parser("bench", help="benchmarks: opd (vs TRL), transport", add_help=False)
+    bench.add_argument("kind", help="opd | transport (mmopd bench KIND --help lists its flags)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "bench":
+        from mmopd.bench import main as bench_main
+
+        return bench_main([args.kind, *args.bench_args])
     if args.command == "eval":
         return _eval(args)
     if args.resume and args.run_dir is None:
