@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_output_flags(opd)
     transport = kinds.add_parser("transport", help="bytes per supervised token of each teacher signal kind")
     transport.add_argument("--vocab", type=int, default=151_646, help="teacher vocabulary (the real Qwen2 one)")
-    transport.add_argument("--hidden", type=int, default=3584, help="teacher hidden size (Qwen2.5-7B: 3584)")
+    transport.add_argument("--hidden", type=int, default=896, help="teacher hidden size (Qwen2.5-0.5B: 896, 7B: 3584)")
     transport.add_argument("--batch", type=int, default=4)
     transport.add_argument("--tokens", type=int, default=64, help="supervised tokens per sequence")
     transport.add_argument("--top-k", type=int, default=20)

@@ -65,7 +65,7 @@ def run_mmopd(spec: dict) -> dict:
     teacher = ModelTeacher(teacher_bundle, "media", {}, "hidden", 1.0, config.loss.chunk_size)
     parts = Parts(config, None, {}, student, teacher, build_engine(config.rollout, student))
     model = student.model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.0, fused=True)  # as run_loop
     setup_rss = current_rss_mb()
     seconds, tokens = [], []
     for step in range(spec["steps"]):

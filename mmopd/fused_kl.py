@@ -13,25 +13,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# A chunk holds at most this many logits per (chunk, V) buffer (32 MiB in fp32), whatever chunk_size asks:
+# smaller chunks cost no speed on CPU here, and two or three such buffers are the loss's whole footprint.
+MAX_CHUNK_LOGITS = 2**23
 # Suppressed ids carry a -inf bias; a finite floor keeps log p_S − log p_T at 0 there instead of NaN,
 # while exp(floor) == 0 keeps their mass and gradient at zero (as `losses._floor` does).
 _FLOOR = -1e30
 
 
 def _log_softmax(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
-    """log softmax((hidden @ weight.T + bias) / T) for one chunk, computed in place in one buffer."""
+    """log softmax((hidden @ weight.T + bias) / T) for one chunk (n, V)."""
     if bias is None:
         logits = hidden @ weight.T  # (n, V)
     else:
         logits = torch.addmm(bias, hidden, weight.T)  # (n, V)
     if temperature != 1.0:
         logits.div_(temperature)
-    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
-
-
-def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_v a[i, v] · b[i, v] as a batched matmul: no third (n, V) buffer."""
-    return (a.unsqueeze(1) @ b.unsqueeze(2)).view(-1)  # (n,)
+    return torch.log_softmax(logits, dim=-1)  # (n, V); the logits buffer is freed on return
 
 
 def _chunk(
@@ -40,21 +38,24 @@ def _chunk(
     reverse: bool,
     temperature: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(divergence (n,), reverse KL (n,), d divergence / d student logits (n, V)) of one token chunk."""
+    """(divergence (n,), reverse KL (n,), d divergence / d student logits (n, V)) of one token chunk,
+    with every (n, V) step in place: two such buffers at a time (three for forward KL)."""
     log_student = _log_softmax(*student, temperature)  # (n, V)
     log_teacher = _log_softmax(*teacher, temperature)  # (n, V)
     if reverse:
-        gap = log_teacher.neg_().add_(log_student)  # log p_S − log p_T, (n, V)
+        terms = torch.sub(log_student, log_teacher, out=log_teacher)  # log p_S − log p_T
         p_student = log_student.exp_()
-        kl = _rowdot(p_student, gap)  # (n,)
+        terms.mul_(p_student)  # p_S (log p_S − log p_T)
+        kl = terms.sum(-1)  # (n,)
         # d KL(p_S || p_T) / d z_S = p_S ⊙ (log p_S − log p_T − KL)
-        return kl, kl, gap.sub_(kl[:, None]).mul_(p_student)
+        return kl, kl, terms.addcmul_(p_student, kl[:, None], value=-1.0)
     p_teacher = log_teacher.exp()  # (n, V)
     gap = log_teacher.sub_(log_student)  # log p_T − log p_S
-    forward = _rowdot(p_teacher, gap)
     p_student = log_student.exp_()
+    forward = (p_teacher * gap).sum(-1)
+    reverse_kl = -(p_student * gap).sum(-1)
     # d KL(p_T || p_S) / d z_S = p_S − p_T
-    return forward, -_rowdot(p_student, gap), p_student.sub_(p_teacher)
+    return forward, reverse_kl, p_student.sub_(p_teacher)
 
 
 class FusedKL(torch.autograd.Function):
@@ -80,13 +81,14 @@ class FusedKL(torch.autograd.Function):
                 )
                 loss += scale @ per_token
                 reverse_kl_sum += scale @ reverse_kl
-                grad_logits.mul_((scale / temperature)[:, None])  # (n, V)
+                # The token weights and 1/T scale the small (n, H) factors, not the (n, V) gradient.
+                scale = (scale / temperature)[:, None]  # (n, 1)
                 if grad_hidden is not None:
-                    grad_hidden[rows] = grad_logits @ s_weight32
+                    grad_hidden[rows] = (grad_logits @ s_weight32).mul_(scale)
                 if grad_weight is not None:
-                    grad_weight.addmm_(grad_logits.T, hidden)
+                    grad_weight.addmm_(grad_logits.T, hidden * scale)
                 if grad_bias is not None:
-                    grad_bias += grad_logits.sum(0)
+                    grad_bias += (scale.T @ grad_logits).view(-1)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (s_hidden.dtype, s_weight.dtype, None if s_bias is None else s_bias.dtype)
         ctx.mark_non_differentiable(reverse_kl_sum)
@@ -124,5 +126,5 @@ def fused_kl(
         weights.detach(),
         reverse,
         temperature,
-        max(1, chunk_size),
+        max(1, min(chunk_size, MAX_CHUNK_LOGITS // max(student_head_weight.shape[0], 1))),
     )

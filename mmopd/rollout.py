@@ -47,7 +47,8 @@ class HFEngine:
         was_training = model.training
         model.eval()
         # generate decodes greedily; for sampling, SamplingProcessor draws each token and makes it the argmax.
-        sampler = SamplingProcessor(self._bias(), self.temperature, self.top_k, self.top_p, sample=not greedy)
+        suppressed = torch.tensor(self.bundle.suppressed_ids(), dtype=torch.long, device=model.device)
+        sampler = SamplingProcessor(suppressed, self.temperature, self.top_k, self.top_p, sample=not greedy)
         output = model.generate(
             **inputs,
             do_sample=False,
@@ -72,13 +73,6 @@ class HFEngine:
                 raise RuntimeError("a logits processor ran after the sampler and changed the sampled tokens")
             rollouts.append(rollout)
         return rollouts
-
-    def _bias(self) -> torch.Tensor:
-        """0, or -inf at every id the sampler must never emit (media placeholders, head padding rows)."""
-        head = self.bundle.model.get_output_embeddings().weight
-        bias = torch.zeros(head.shape[0], device=head.device)  # (V_head,)
-        bias[self.bundle.suppressed_ids()] = float("-inf")
-        return bias
 
     def _rollout(self, sample: Sample, ids: list[int], logprobs: list[float], stops: set[int]) -> Rollout:
         finish = "length"

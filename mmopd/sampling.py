@@ -35,12 +35,12 @@ def sample_categorical(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 class SamplingProcessor(LogitsProcessor):
-    """The last logits processor of a greedy `generate`: masks suppressed ids, applies temperature,
+    """The last logits processor of a greedy `generate`: sets suppressed ids to -inf, applies temperature,
     top-k and top-p as transformers' sampler would, draws the token, and returns scores whose argmax
     is that token. `tokens` and `logprobs` hold one (B,) tensor per generated position."""
 
-    def __init__(self, bias: torch.Tensor, temperature: float, top_k: int, top_p: float, sample: bool):
-        self.bias = bias  # (V_head,): 0, or -inf where the model must never sample
+    def __init__(self, suppressed: torch.Tensor, temperature: float, top_k: int, top_p: float, sample: bool):
+        self.suppressed = suppressed  # (S,) ids the model must never sample
         self.warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
         if top_k > 0:
             self.warpers.append(TopKLogitsWarper(top_k))
@@ -51,7 +51,8 @@ class SamplingProcessor(LogitsProcessor):
         self.logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.float().add_(self.bias)  # (B, V_head); generate hands over its own fp32 copy
+        # generate hands over its own fp32 copy; filling S columns is cheaper than adding a (V,) bias.
+        scores = scores.float().index_fill_(1, self.suppressed, float("-inf"))  # (B, V_head)
         if not self.sample:
             return scores
         for warper in self.warpers:
