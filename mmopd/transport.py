@@ -90,8 +90,6 @@ def transport_markdown(result: dict, command: str) -> str:
         "|---|---:|---:|---:|",
     ]
     for name, row in result["signals"].items():
-        lines.append(
-            f"| {name} | {row['bytes_per_token']:,.1f} | {row['tensor_bytes_per_token']:,.1f} | "
-            f"{full / row['bytes_per_token']:,.0f}× smaller |"
-        )
+        ratio = "reference" if name == "logits_fp32" else f"{full / row['bytes_per_token']:,.0f}× smaller"
+        lines.append(f"| {name} | {row['bytes_per_token']:,.1f} | {row['tensor_bytes_per_token']:,.1f} | {ratio} |")
     return "\n".join(lines)
