@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# A chunk holds at most this many logits per (chunk, V) buffer (32 MiB in fp32), whatever chunk_size asks:
-# smaller chunks cost no speed on CPU here, and two or three such buffers are the loss's whole footprint.
-MAX_CHUNK_LOGITS = 2**23
+# A chunk holds at most this many logits per (chunk, V) buffer (64 MiB in fp32), whatever chunk_size asks.
+# Each chunk reads both heads and rewrites the (V, H) gradient, so much smaller chunks are slower; buffers
+# above glibc's 32 MiB mmap threshold go back to the OS when freed instead of fragmenting the heap.
+MAX_CHUNK_LOGITS = 2**24
 # Suppressed ids carry a -inf bias; a finite floor keeps log p_S − log p_T at 0 there instead of NaN,
 # while exp(floor) == 0 keeps their mass and gradient at zero (as `losses._floor` does).
 _FLOOR = -1e30
