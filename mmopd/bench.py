@@ -88,7 +88,12 @@ def main(argv: list[str]) -> int:
 
 
 def bench_opd(args: argparse.Namespace, log=sys.stdout) -> dict:
+    import importlib.util
+
     from mmopd.bench_work import build_models, matmul_rate, step_flops
+
+    if args.vs == "trl" and importlib.util.find_spec("trl") is None:
+        raise SystemExit("mmopd bench opd --vs trl needs TRL: pip install -e '.[dev]' (or pass --vs none)")
 
     shape = dict(
         student_hidden=args.student_hidden,
