@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from mmopd.bench import add_parsers as add_bench_parsers
 from mmopd.config import ConfigError, field_docs, load_config
 from mmopd.guard import NonFiniteError
 
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="kind", required=True
     )
     _add_bench_align_parser(bench_kinds.add_parser("align", help="alignment throughput, mmopd against TRL GOLD"))
+    add_bench_parsers(bench_kinds)  # opd (mmopd against TRL's DistillationTrainer), transport
     return parser
 
 
@@ -84,7 +86,9 @@ def _add_bench_align_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.argv = argv
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # one progress bar: the training loop's
@@ -110,10 +114,14 @@ def _run(args: argparse.Namespace) -> int:
         from mmopd.align_report import run as run_align
 
         return run_align(args)
-    if args.command == "bench":
+    if args.command == "bench" and args.kind == "align":
         from mmopd.align_bench import run as run_bench
 
         return run_bench(args)
+    if args.command == "bench":
+        from mmopd.bench import run as run_bench
+
+        return run_bench(args, "mmopd " + " ".join(args.argv))
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir")
     run_dir = args.run_dir or _new_run_dir(args.command)

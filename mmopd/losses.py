@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from mmopd.fused_kl import fused_kl
 from mmopd.registry import LOSSES
 
 Divergence = Callable[[Tensor, Tensor, float], Tensor]
@@ -152,6 +153,20 @@ def chunked_divergence(
             f"token counts differ: student {student_hidden.shape[0]}, teacher {teacher_hidden.shape[0]}, "
             f"weights {tuple(weights.shape)}"
         )
+    direction = _kl_direction(divergence, beta)
+    if direction is not None:
+        return fused_kl(
+            student_hidden,
+            student_head_weight,
+            student_head_bias,
+            teacher_hidden,
+            teacher_head_weight,
+            teacher_head_bias,
+            weights,
+            reverse=direction == "reverse",
+            chunk_size=chunk_size,
+            temperature=temperature,
+        )
     divergence_fn = LOSSES.get(divergence)
     teacher_head_weight = teacher_head_weight.detach()
     teacher_head_bias = None if teacher_head_bias is None else teacher_head_bias.detach()
@@ -176,6 +191,15 @@ def chunked_divergence(
         losses.append(loss)
         reverse_kls.append(reverse_kl_sum)
     return torch.stack(losses).sum(), torch.stack(reverse_kls).sum().detach()
+
+
+def _kl_direction(divergence: str, beta: float) -> str | None:
+    """ "reverse" / "forward" when `divergence` is a plain KL (so `fused_kl` computes it), else None."""
+    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
+        return "reverse"
+    if divergence == "forward_kl" or (divergence == "jsd" and beta == 0.0):
+        return "forward"
+    return None
 
 
 def _sampled_chunk(

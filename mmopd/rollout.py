@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers import LogitsProcessorList
 
 from mmopd.align import byte_table
 from mmopd.config import RolloutConfig
 from mmopd.models import ModelBundle
 from mmopd.sample import Rollout, Sample
+from mmopd.sampling import SamplingProcessor
 
 
 class RolloutEngine(Protocol):
@@ -44,31 +46,33 @@ class HFEngine:
         model, tokenizer = self.bundle.model, self.bundle.tokenizer
         was_training = model.training
         model.eval()
-        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        # generate decodes greedily; for sampling, SamplingProcessor draws each token and makes it the argmax.
+        suppressed = torch.tensor(self.bundle.suppressed_ids(), dtype=torch.long, device=model.device)
+        sampler = SamplingProcessor(suppressed, self.temperature, self.top_k, self.top_p, sample=not greedy)
         output = model.generate(
             **inputs,
-            do_sample=not greedy,
+            do_sample=False,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
-            suppress_tokens=self.bundle.suppressed_ids(),
+            logits_processor=LogitsProcessorList([sampler]),
             eos_token_id=self.bundle.stop_ids(),
             pad_token_id=tokenizer.pad_token_id,
             return_dict_in_generate=True,
-            output_scores=not greedy,
-            **sampling,
         )
         model.train(was_training)
         new_ids = output.sequences[:, inputs["input_ids"].shape[1] :]  # (B, C)
         if greedy:
             logprobs = torch.zeros(new_ids.shape)
         else:
-            # `scores` are the processed logits the sampler drew from (temperature, top-k/p, suppression).
-            scores = torch.stack(output.scores, dim=1).float()  # (B, C, V_head)
-            logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_ids[..., None]).squeeze(-1)  # (B, C)
+            drawn = torch.stack(sampler.tokens, dim=1)  # (B, C)
+            logprobs = torch.stack(sampler.logprobs, dim=1)  # (B, C)
         stops = set(self.bundle.stop_ids())
-        return [
-            self._rollout(sample, new_ids[row].tolist(), logprobs[row].tolist(), stops)
-            for row, sample in enumerate(samples)
-        ]
+        rollouts = []
+        for row, sample in enumerate(samples):
+            rollout = self._rollout(sample, new_ids[row].tolist(), logprobs[row].tolist(), stops)
+            if not greedy and drawn[row, : len(rollout.completion_ids)].tolist() != rollout.completion_ids:
+                raise RuntimeError("a logits processor ran after the sampler and changed the sampled tokens")
+            rollouts.append(rollout)
+        return rollouts
 
     def _rollout(self, sample: Sample, ids: list[int], logprobs: list[float], stops: set[int]) -> Rollout:
         finish = "length"

@@ -291,3 +291,30 @@ def test_policy_gradient_clipping_zeroes_gradient_only_in_the_clipped_direction(
     torch.testing.assert_close(grad[2:], -weights[2:] * ratios[2:] * (teacher - student.detach())[2:])
     torch.testing.assert_close(stats["clip_fraction"], torch.tensor(0.5, dtype=torch.float64))
     torch.testing.assert_close(stats["ratio_mean"], ratios.mean())
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "forward_kl"])
+def test_fused_kl_keeps_no_vocab_tensor_and_matches_the_checkpointed_path(name, monkeypatch):
+    """Plain KLs take the fused path (gradient made in the forward pass); it saves only (N, H) and (V, H)
+    gradients, and equals the generic checkpointed path it replaces."""
+    import mmopd.losses as losses
+
+    n, vocab = 40, 50
+    student, teacher, weights = make_problem(seed=9, n=n, vocab=vocab, dtype=torch.float32)
+    with torch.no_grad():
+        student["bias"][4] = teacher["bias"][4] = float("-inf")
+    saved_shapes = []
+
+    def pack(tensor):
+        saved_shapes.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fused, fused_logged = run(student, teacher, weights, name, chunk_size=8, temperature=1.3)
+    assert not [shape for shape in saved_shapes if len(shape) == 2 and shape[0] == n and shape[1] == vocab]
+    monkeypatch.setattr(losses, "_kl_direction", lambda divergence, beta: None)
+    generic, generic_logged = run(student, teacher, weights, name, chunk_size=8, temperature=1.3)
+    torch.testing.assert_close(fused, generic, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(fused_logged, generic_logged, rtol=1e-5, atol=1e-7)
+    for got, want in zip(grads(fused, student), grads(generic, student), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)

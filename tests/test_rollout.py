@@ -88,3 +88,31 @@ def test_head_padding_rows_are_never_sampled_and_dropped_from_the_loss(task, tok
     assert max(t for r in rollouts for t in r.completion_ids) < len(tokenizer)
     weight, bias = output_head(student)
     assert weight.shape[0] == bias.shape[0] == len(tokenizer)
+
+
+def test_greedy_ids_equal_transformers_generate(task, student, processors):
+    """The engine's own sampler sits in generate's processor chain; greedy must still be generate's greedy."""
+    samples, prompt = _prompt(task, student, processors, count=4)
+    ours = [r.completion_ids for r in HFEngine(student, max_new_tokens=6).generate(prompt, samples, greedy=True)]
+    with torch.no_grad():
+        sequences = student.model.generate(
+            **prompt,
+            do_sample=False,
+            max_new_tokens=6,
+            suppress_tokens=student.suppressed_ids(),
+            eos_token_id=student.stop_ids(),
+            pad_token_id=student.tokenizer.pad_token_id,
+        )
+    for row, ids in enumerate(ours):
+        theirs = sequences[row, prompt["input_ids"].shape[1] :].tolist()
+        assert ids == theirs[: len(ids)] and (len(ids) == 6 or ids[-1] in student.stop_ids())
+
+
+def test_sampling_is_reproducible_from_the_seed(task, student, processors):
+    samples, prompt = _prompt(task, student, processors, count=4)
+    engine = HFEngine(student, max_new_tokens=5)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append([(r.completion_ids, r.behaviour_logprobs) for r in engine.generate(prompt, samples)])
+    assert runs[0] == runs[1]
