@@ -18,7 +18,9 @@ import torch
 import mmopd.losses  # noqa: F401  (registers the built-in divergences)
 import mmopd.processors.image  # noqa: F401  (registers the built-in processors)
 import mmopd.tasks.jsonl  # noqa: F401  (registers the built-in tasks)
+import mmopd.tasks.motion  # noqa: F401
 import mmopd.tasks.shapes  # noqa: F401
+import mmopd.tasks.tones  # noqa: F401
 from mmopd.config import Config, ConfigError, DataConfig, ModelConfig
 from mmopd.evaluate import evaluate
 from mmopd.models import ModelBundle, build_model, qwen_tokenizer, train_bpe_tokenizer
@@ -65,15 +67,19 @@ def build_task(config: DataConfig) -> Any:
     return _construct(factory, config.task_args, f"data.task_args (task {config.task!r})")
 
 
-def build_processors(config: DataConfig) -> dict[str, Any]:
-    unknown = set(config.processor_args) - set(PROCESSORS.names())
-    if unknown:
-        raise ConfigError(
-            f"data.processor_args names unknown processors {sorted(unknown)}; known: {PROCESSORS.names()}"
-        )
+def build_processors(config: DataConfig, teacher_args: dict | None = None) -> dict[str, Any]:
+    """One processor per media kind; `teacher_args` (teacher.processor_args) override data.processor_args
+    argument by argument, so a teacher can read the media with its own sampling policy."""
+    teacher_args = teacher_args or {}
+    for where, args in (("data.processor_args", config.processor_args), ("teacher.processor_args", teacher_args)):
+        unknown = set(args) - set(PROCESSORS.names())
+        if unknown:
+            raise ConfigError(f"{where} names unknown processors {sorted(unknown)}; known: {PROCESSORS.names()}")
     processors = {}
     for name in PROCESSORS.names():
-        processor = _construct(PROCESSORS.get(name), config.processor_args.get(name, {}), f"data.processor_args.{name}")
+        args = {**config.processor_args.get(name, {}), **teacher_args.get(name, {})}
+        where = "teacher.processor_args" if name in teacher_args else "data.processor_args"
+        processor = _construct(PROCESSORS.get(name), args, f"{where}.{name}")
         processors[processor.kind] = processor
     return processors
 
@@ -116,11 +122,12 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
     if with_teacher:
         if config.teacher.kind == "model":
             teacher_model = build_teacher_model(config.teacher.model, tokenizer, config)
+        teacher_processors = build_processors(config.data, config.teacher.processor_args)
         teacher = build_teacher(
             config.teacher,
             student,
             teacher_model,
-            processors,
+            teacher_processors,
             run_dir,
             config.rollout.temperature,
             config.loss.chunk_size,
@@ -130,6 +137,7 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
 
 
 def build_teacher_model(spec: ModelConfig, tokenizer: Any, config: Config, trainable: bool = False) -> ModelBundle:
-    bundle = build_model(spec, tokenizer, config.data.processor_args.get("image", {}), config.device)
+    image_args = {**config.data.processor_args.get("image", {}), **config.teacher.processor_args.get("image", {})}
+    bundle = build_model(spec, tokenizer, image_args, config.device)
     bundle.model.requires_grad_(trainable)
     return bundle

@@ -34,6 +34,7 @@ def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | N
         tokenizer = None if config.teacher.model.path else build_tokenizer(config, task)
         bundle = build_teacher_model(config.teacher.model, tokenizer, config, trainable=True)
         messages_for = text_view_messages if config.teacher.view == "text" else student_messages
+        processors = build_processors(config.data, config.teacher.processor_args)
     else:
         bundle, _ = build_student_and_tokenizer(config, task)
         messages_for = student_messages

@@ -1,0 +1,154 @@
+"""Tones: a synthetic audio question task ("Which tone is higher, the first or the second?", "How many
+beeps are there?") with an exact verifier.
+
+Each clip is a WAV file (NumPy sine tones written with soundfile), written once into a cache folder and
+generated deterministically from (seed, split, index). Pitches differ by at least a factor of two and
+beeps are separated by silence, so the signal is large for a 2-layer Whisper-style encoder. The
+privileged text states the pitches or the count, so a text-only teacher knows the answer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import soundfile
+
+from mmopd.registry import TASKS
+from mmopd.sample import MediaRef, Sample
+from mmopd.tasks import LazySamples, check_choices, media_cache, normalise_answer, write_once
+
+FREQUENCIES = (250, 400, 630, 1000, 1600, 2500)  # Hz; neighbours a factor ~1.6 apart
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+QUESTION_TEXT = {"higher": "Which tone is higher, the first or the second?", "beeps": "How many beeps are there?"}
+FADE_SECONDS = 0.005  # raised-cosine edges: no clicks, whose broadband energy would blur the pitch
+
+
+@TASKS.register("tones")
+@dataclass(frozen=True)
+class TonesTask:
+    """Questions about which of two tones is higher, or how many beeps a clip holds."""
+
+    name: ClassVar[str] = "tones"
+
+    sampling_rate: int = 16_000
+    """Sampling rate of the written WAV files, in Hz."""
+    duration: float = 1.0
+    """Length of every clip, in seconds (keep it within the student's `audio_seconds`)."""
+    questions: tuple[str, ...] = ("higher", "beeps")
+    """Question kinds asked: "higher" (first or second) and/or "beeps" (one to `max_beeps`)."""
+    max_beeps: int = 4
+    """Beep questions play one to this many beeps (at most 4)."""
+    num_train: int = 20_000
+    """Number of training samples."""
+    num_eval: int = 256
+    """Number of evaluation samples."""
+    seed: int = 0
+    """Seed of the generator; each sample depends only on (seed, split, index)."""
+    cache_dir: str = ""
+    """Folder the WAV files are written into (default ~/.cache/mmopd); each file is written once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "questions", tuple(self.questions))
+        check_choices("questions", self.questions, QUESTION_TEXT)
+        if not 1 <= self.max_beeps <= 4:
+            raise ValueError(f"max_beeps must be between 1 and 4, got {self.max_beeps}")
+        if self.duration < 0.5 or self.sampling_rate < 8_000:
+            raise ValueError("duration must be at least 0.5 s and sampling_rate at least 8000 Hz")
+        if self.num_train < 0 or self.num_eval < 0:
+            raise ValueError(f"num_train and num_eval must be >= 0, got {self.num_train} and {self.num_eval}")
+
+    @property
+    def folder(self) -> Path:
+        fingerprint = (self.sampling_rate, self.duration, self.questions, self.max_beeps, self.seed)
+        return media_cache(self.cache_dir, "tones", fingerprint)
+
+    def train_samples(self) -> Sequence[Sample]:
+        return LazySamples(self.num_train, lambda index: self.sample("train", index))
+
+    def eval_samples(self) -> Sequence[Sample]:
+        return LazySamples(self.num_eval, lambda index: self.sample("eval", index))
+
+    def sample(self, split: str, index: int) -> Sample:
+        """Sample `index` of `split`, the same on every call, process and machine; writes its WAV once."""
+        rng = random.Random(f"{self.seed}/{split}/{index}")
+        question = rng.choice(self.questions)
+        if question == "higher":
+            first, second = _two_pitches(rng)
+            waveform = self._tones(rng, [first, second])
+            answer = "first" if first > second else "second"
+            privileged = _describe_pitches(first, second)
+        else:
+            count = rng.randint(1, self.max_beeps)
+            frequency = rng.choice(FREQUENCIES)
+            waveform = self._tones(rng, [frequency] * count)
+            answer = NUMBER_WORDS[count]
+            privileged = _describe_beeps(count, frequency)
+        relative = f"{split}/{index}.wav"
+        write_once(self.folder / relative, lambda path: soundfile.write(path, waveform, self.sampling_rate))
+        return Sample(
+            id=f"tones/{split}/{index}",
+            messages=[
+                {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": QUESTION_TEXT[question]}]}
+            ],
+            audios=[MediaRef(kind="audio", path=relative, root=str(self.folder))],
+            privileged=privileged,
+            answer=answer,
+            meta={"question": question},
+        )
+
+    def verify(self, completion: str, sample: Sample) -> bool:
+        return sample.answer is not None and normalise_answer(completion) == sample.answer
+
+    def corpus(self) -> Iterator[str]:
+        yield from (QUESTION_TEXT[q] for q in self.questions)
+        for first in FREQUENCIES:
+            for second in FREQUENCIES:
+                if first != second:
+                    yield _describe_pitches(first, second)
+            for count in range(1, self.max_beeps + 1):
+                yield _describe_beeps(count, first)
+        yield from ("first", "second", *NUMBER_WORDS[1 : self.max_beeps + 1])
+
+    def _tones(self, rng: random.Random, frequencies: list[int]) -> np.ndarray:
+        """Equal-length tones in equal slots of the clip, each placed with a little jitter: (S,) float32."""
+        total = round(self.duration * self.sampling_rate)
+        waveform = np.zeros(total, dtype=np.float32)
+        slot = total // len(frequencies)
+        length = int(slot * 0.6)  # the rest of each slot is silence, so beeps never merge
+        for position, frequency in enumerate(frequencies):
+            start = position * slot + rng.randint(0, slot - length)
+            time = np.arange(length) / self.sampling_rate
+            tone = 0.5 * np.sin(2 * np.pi * frequency * time + rng.uniform(0, 2 * np.pi))
+            waveform[start : start + length] = tone * _envelope(length, self.sampling_rate)
+        return waveform
+
+
+def _two_pitches(rng: random.Random) -> tuple[int, int]:
+    """Two pitches at least two steps (a factor ~2.5) apart, in random order."""
+    low = rng.randrange(len(FREQUENCIES) - 2)
+    high = rng.randrange(low + 2, len(FREQUENCIES))
+    pair = [FREQUENCIES[low], FREQUENCIES[high]]
+    rng.shuffle(pair)
+    return pair[0], pair[1]
+
+
+def _envelope(length: int, rate: int) -> np.ndarray:
+    edge = max(1, int(FADE_SECONDS * rate))
+    ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, edge))
+    envelope = np.ones(length)
+    envelope[:edge], envelope[-edge:] = ramp, ramp[::-1]
+    return envelope
+
+
+def _describe_pitches(first: int, second: int) -> str:
+    higher = "first" if first > second else "second"
+    return f"A {first} Hz tone, then a {second} Hz tone: the {higher} is higher."
+
+
+def _describe_beeps(count: int, frequency: int) -> str:
+    return f"The audio plays {NUMBER_WORDS[count]} beep{'s' if count > 1 else ''} at {frequency} Hz."
