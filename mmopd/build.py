@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 import mmopd.losses  # noqa: F401  (registers the built-in divergences)
-import mmopd.processors.image  # noqa: F401  (registers the built-in processors)
+import mmopd.processors.audio  # noqa: F401  (registers the built-in processors)
+import mmopd.processors.image  # noqa: F401
+import mmopd.processors.video  # noqa: F401
 import mmopd.tasks.jsonl  # noqa: F401  (registers the built-in tasks)
 import mmopd.tasks.motion  # noqa: F401
 import mmopd.tasks.shapes  # noqa: F401
@@ -68,20 +70,31 @@ def build_task(config: DataConfig) -> Any:
 
 
 def build_processors(config: DataConfig, teacher_args: dict | None = None) -> dict[str, Any]:
-    """One processor per media kind; `teacher_args` (teacher.processor_args) override data.processor_args
-    argument by argument, so a teacher can read the media with its own sampling policy."""
+    """The processor serving each media kind: every registered processor serves its own `kind` (the one
+    registered under the kind's name first), and `data.processors` maps a kind to another one.
+    `teacher_args` (teacher.processor_args) override data.processor_args argument by argument, so a
+    teacher can read the media with its own sampling policy."""
     teacher_args = teacher_args or {}
+    names = PROCESSORS.names()
+    chosen = dict(config.processors)
     for where, args in (("data.processor_args", config.processor_args), ("teacher.processor_args", teacher_args)):
-        unknown = set(args) - set(PROCESSORS.names())
+        unknown = set(args) - set(names) - set(chosen.values())
         if unknown:
             raise ConfigError(f"{where} names unknown processors {sorted(unknown)}; known: {PROCESSORS.names()}")
-    processors = {}
-    for name in PROCESSORS.names():
+    built = {}
+    for name in sorted({*names, *chosen.values()}):
+        try:
+            factory = PROCESSORS.get(name)
+        except (KeyError, ImportError, AttributeError) as error:
+            raise ConfigError(f"data.processors: {error}") from error
         args = {**config.processor_args.get(name, {}), **teacher_args.get(name, {})}
         where = "teacher.processor_args" if name in teacher_args else "data.processor_args"
-        processor = _construct(PROCESSORS.get(name), args, f"{where}.{name}")
-        processors[processor.kind] = processor
-    return processors
+        built[name] = _construct(factory, args, f"{where}.{name}")
+    serving: dict[str, str] = {}
+    for name in sorted(names, key=lambda name: name != built[name].kind):
+        serving.setdefault(built[name].kind, name)
+    serving.update(chosen)
+    return {kind: built[name] for kind, name in serving.items()}
 
 
 def _construct(factory: Any, kwargs: dict, where: str) -> Any:

@@ -1,4 +1,4 @@
-"""`mmopd train | sft | eval | demo`: thin wrappers that load a config and call one function."""
+"""`mmopd train | sft | eval | demo | data check`: thin wrappers that load a config and call one function."""
 
 from __future__ import annotations
 
@@ -43,7 +43,19 @@ def _parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--run-dir", type=Path, help="run directory (default: a new one under runs/)")
             sub.add_argument("--resume", action="store_true", help="continue the run found in --run-dir")
+    _add_data_parser(commands)
     return parser
+
+
+def _add_data_parser(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="dataset tools", description="dataset tools")
+    about = "decode every sample's media with the configured processors; list bad ones (exit 1 if any)"
+    check = data.add_subparsers(dest="data_command", required=True).add_parser("check", help=about, description=about)
+    check.add_argument("config", nargs="?", help="YAML config file: its task and processors")
+    check.add_argument("overrides", nargs="*", help="a.b=value overrides")
+    check.add_argument("--jsonl", type=Path, help="check this JSONL file (jsonl task format) with default processors")
+    check.add_argument("--json", action="store_true", help='print {"checked": n, "bad": [...]} as JSON')
+    check.add_argument("--max-samples", type=int, default=0, help="check at most N samples per split (0: all)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         return _eval(args)
+    if args.command == "data":
+        return _data_check(args)
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir")
     run_dir = args.run_dir or _new_run_dir(args.command)
@@ -98,6 +112,31 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_on_task(config, task, build_processors(config.data), student, student_messages)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from mmopd.datacheck import check_config, check_jsonl
+    from mmopd.tasks.jsonl import JsonlError
+
+    if (args.config is None) == (args.jsonl is None):
+        raise ConfigError("data check takes a CONFIG or --jsonl FILE (one of them)")
+    if args.jsonl is not None and args.overrides:
+        raise ConfigError("a.b=value overrides need a CONFIG, not --jsonl")
+    try:
+        if args.jsonl is not None:
+            report = check_jsonl(args.jsonl, args.max_samples)
+        else:
+            report = check_config(load_config(args.config, args.overrides), args.max_samples)
+    except (JsonlError, FileNotFoundError) as error:  # the dataset itself cannot be read
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for item in report.bad:
+            print(item)
+        print(f"checked {report.checked} samples ({report.media} media items): {len(report.bad)} bad")
+    return 1 if report.bad else 0
 
 
 if __name__ == "__main__":

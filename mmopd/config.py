@@ -88,6 +88,10 @@ class DataConfig:
     """Keyword arguments of the task, e.g. {num_eval: 256} or {train_path: data/train.jsonl}."""
     processor_args: dict = field(default_factory=dict)
     """Per-modality processor arguments, e.g. {image: {max_pixels: 50176}}."""
+    processors: dict = field(default_factory=dict)
+    """Which processor serves a media kind, by registered name or module:attr, e.g. {image: depth_map} to
+    feed .npy depth maps to the student as images; a kind not named is served by the processor whose
+    `kind` it is (its arguments: processor_args.<name>)."""
     on_error: str = "skip"
     """A sample with bad media or an invalid prompt: skip (counted and logged) | raise."""
     max_prompt_tokens: int = 2048
@@ -96,6 +100,8 @@ class DataConfig:
     def __post_init__(self):
         if self.on_error not in ("skip", "raise"):
             raise ConfigError(f"data.on_error must be skip or raise, got {self.on_error!r}")
+        if not all(isinstance(name, str) and name for name in self.processors.values()):
+            raise ConfigError(f"data.processors maps media kinds to processor names, got {self.processors!r}")
 
 
 @dataclass(frozen=True)

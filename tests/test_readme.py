@@ -167,7 +167,7 @@ def lines_of_code(code: str) -> int:
 
 def test_add_a_processor_example_works(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import numpy as np
-    import soundfile
+    import yaml
 
     from mmopd.sample import MediaRef
 
@@ -176,10 +176,14 @@ def test_add_a_processor_example_works(monkeypatch: pytest.MonkeyPatch, tmp_path
     registry = Registry("processors")
     monkeypatch.setattr("mmopd.registry.PROCESSORS", registry)
     exec(compile(code, "README.md", "exec"), {})
-    soundfile.write(tmp_path / "tone.wav", np.zeros(1600, dtype=np.float32), 16_000)
-    processor = registry.get("audio")()
-    waveform = processor.load(MediaRef(kind="audio", path="tone.wav", root=str(tmp_path)), "sample-1")
-    assert processor.kind == "audio" and waveform.shape == (1600,)
+    np.save(tmp_path / "depth.npy", np.array([[0.0, 5.0], [10.0, 20.0]]))
+    processor = registry.get("depth_map")()
+    image = processor.load(MediaRef(kind="image", path="depth.npy", root=str(tmp_path)), "sample-1")
+    assert image.mode == "RGB" and list(image.getdata(0)) == [0, 127, 255, 255]
+    blocks = dict(code_blocks(section("Add a processor")))
+    assert 'depth_map = "my_plugin:DepthMapProcessor"' in blocks["toml"]
+    data = yaml.safe_load(blocks["yaml"])["data"]
+    assert load_config(overrides=[f"data.processors={data['processors']}"]).data.processors == {"image": "depth_map"}
 
 
 def test_add_a_task_example_works(monkeypatch: pytest.MonkeyPatch) -> None:
