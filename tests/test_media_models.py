@@ -12,6 +12,7 @@ from mmopd.processors.audio import AudioClip
 from mmopd.rollout import HFEngine
 from mmopd.sample import Sample
 from mmopd.views import (
+    Prepared,
     SampleError,
     collate,
     completion_hidden_states,
@@ -87,15 +88,14 @@ def test_audio_goes_through_the_models_feature_extractor_at_its_rate(media_model
     sample = tones.eval_samples()[0]
     second = np.sin(np.arange(16_000) / 16_000 * 2 * np.pi * 440).astype(np.float32)  # (S,) 1 s at 16 kHz
     text = bundle.processor.apply_chat_template(sample.messages, tokenize=False, add_generation_prompt=True)
-    from mmopd.views import Prepared
-
     at_16k = collate([Prepared(sample, text, {"audio": [AudioClip(second, 16_000)]})], bundle)
     at_8k = collate([Prepared(sample, text, {"audio": [AudioClip(second[::2].copy(), 8_000)]})], bundle)
     audio_id = bundle.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     # 1 s → 100 log-mel frames → 25 audio tokens after the encoder's two halvings, whatever the input rate.
     assert int((at_16k["input_ids"] == audio_id).sum()) == int((at_8k["input_ids"] == audio_id).sum()) == 25
     assert at_16k["input_features"].shape == (1, 80, 100)
-    torch.testing.assert_close(at_16k["input_features"], at_8k["input_features"], atol=0.1, rtol=0)
+    # The same tone at either rate gives the same log-mels (resampling only blurs the clip's two edges).
+    assert (at_16k["input_features"] - at_8k["input_features"]).abs().mean() < 0.01
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
