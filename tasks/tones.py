@@ -2,8 +2,9 @@
 beeps are there?") with an exact verifier.
 
 Each clip is a WAV file (NumPy sine tones written with soundfile), written once into a cache folder and
-generated deterministically from (seed, split, index). Pitches differ by at least a factor of two and
-beeps are separated by silence, so the signal is large for a 2-layer Whisper-style encoder. The
+generated deterministically from (seed, split, index). The signal is made large for a 2-layer
+Whisper-style encoder: of two tones one is low and one high (a factor of 4 or more apart), and beeps
+have a fixed length with silence between them, so the sounding time grows with their count. The
 privileged text states the pitches or the count, so a text-only teacher knows the answer.
 """
 
@@ -22,7 +23,9 @@ from mmopd.registry import TASKS
 from mmopd.sample import MediaRef, Sample
 from mmopd.tasks import LazySamples, check_choices, media_cache, normalise_answer, write_once
 
-FREQUENCIES = (250, 400, 630, 1000, 1600, 2500)  # Hz; neighbours a factor ~1.6 apart
+LOW, HIGH = (250, 315, 400), (1600, 2000, 2500)  # Hz: two bands at least a factor 4 apart
+FREQUENCIES = (*LOW, *HIGH)
+BEEP_SECONDS = 0.1
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 QUESTION_TEXT = {"higher": "Which tone is higher, the first or the second?", "beeps": "How many beeps are there?"}
 FADE_SECONDS = 0.005  # raised-cosine edges: no clicks, whose broadband energy would blur the pitch
@@ -79,13 +82,13 @@ class TonesTask:
         question = rng.choice(self.questions)
         if question == "higher":
             first, second = _two_pitches(rng)
-            waveform = self._tones(rng, [first, second])
+            waveform = self._tones(rng, [first, second], self.duration * 0.3)
             answer = "first" if first > second else "second"
             privileged = _describe_pitches(first, second)
         else:
             count = rng.randint(1, self.max_beeps)
             frequency = rng.choice(FREQUENCIES)
-            waveform = self._tones(rng, [frequency] * count)
+            waveform = self._tones(rng, [frequency] * count, BEEP_SECONDS)
             answer = NUMBER_WORDS[count]
             privileged = _describe_beeps(count, frequency)
         relative = f"{split}/{index}.wav"
@@ -114,12 +117,12 @@ class TonesTask:
                 yield _describe_beeps(count, first)
         yield from ("first", "second", *NUMBER_WORDS[1 : self.max_beeps + 1])
 
-    def _tones(self, rng: random.Random, frequencies: list[int]) -> np.ndarray:
-        """Equal-length tones in equal slots of the clip, each placed with a little jitter: (S,) float32."""
+    def _tones(self, rng: random.Random, frequencies: list[int], seconds: float) -> np.ndarray:
+        """Tones of `seconds` each, one per equal slot of the clip, placed with jitter: (S,) float32."""
         total = round(self.duration * self.sampling_rate)
         waveform = np.zeros(total, dtype=np.float32)
         slot = total // len(frequencies)
-        length = int(slot * 0.6)  # the rest of each slot is silence, so beeps never merge
+        length = min(round(seconds * self.sampling_rate), int(slot * 0.6))  # silence between tones
         for position, frequency in enumerate(frequencies):
             start = position * slot + rng.randint(0, slot - length)
             time = np.arange(length) / self.sampling_rate
@@ -129,10 +132,8 @@ class TonesTask:
 
 
 def _two_pitches(rng: random.Random) -> tuple[int, int]:
-    """Two pitches at least two steps (a factor ~2.5) apart, in random order."""
-    low = rng.randrange(len(FREQUENCIES) - 2)
-    high = rng.randrange(low + 2, len(FREQUENCIES))
-    pair = [FREQUENCIES[low], FREQUENCIES[high]]
+    """A low and a high pitch, in random order."""
+    pair = [rng.choice(LOW), rng.choice(HIGH)]
     rng.shuffle(pair)
     return pair[0], pair[1]
 

@@ -77,3 +77,15 @@ def test_a_blind_teacher_stops_the_run_before_training(tmp_path, media_cache):
     with pytest.raises(BlindTeacherError, match="barely depends on the media"):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_demo_runs_a_media_config(tmp_path, media_cache):
+    from mmopd.cli import main
+
+    run = tmp_path / "demo"
+    overrides = ["sft.steps=2", "train.steps=2", "eval.num_samples=4", "train.progress=false"]
+    overrides.append(f"data.task_args={{num_eval: 4, cache_dir: {media_cache}}}")
+    assert main(["demo", "--config", str(ROOT / "configs" / "demo_audio.yaml"), "--run-dir", str(run), *overrides]) == 0
+    assert load_config(run / "config.yaml").student.family == "qwen2_audio"
+    assert load_config(run / "teacher_sft" / "config.yaml").data.task == "tones"
+    assert (run / "final" / "config.json").exists() and (run / "teacher_sft" / "final" / "config.json").exists()
