@@ -29,6 +29,8 @@ from mmopd.views import collate, completion_hidden_states, prepare, student_mess
 def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
     """Fine-tune `config.sft.target` on answers; the loop saves the result as a model directory in `run_dir/final`."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     task, processors = build_task(config.data), build_processors(config.data)
     if config.sft.target == "teacher":
         tokenizer = None if config.teacher.model.path else build_tokenizer(config, task)

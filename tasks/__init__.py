@@ -43,6 +43,15 @@ class Task(Protocol):
         ...
 
 
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+"""Counts as synthetic tasks spell them in answers."""
+
+
+def matches_answer(completion: str, sample: Sample) -> bool:
+    """The exact-match verifier of synthetic tasks: the normalised completion equals the reference answer."""
+    return sample.answer is not None and normalise_answer(completion) == sample.answer
+
+
 def normalise_answer(text: str) -> str:
     """Lower-case, collapse whitespace and drop trailing `.!?`, so "Red." and " red " both match "red"."""
     collapsed = " ".join(text.split()).lower()

@@ -21,7 +21,7 @@ import numpy as np
 
 from mmopd.registry import TASKS
 from mmopd.sample import MediaRef, Sample
-from mmopd.tasks import LazySamples, check_choices, media_cache, normalise_answer, write_once
+from mmopd.tasks import NUMBER_WORDS, LazySamples, check_choices, matches_answer, media_cache, write_once
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (230, 30, 30),
@@ -31,7 +31,6 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "white": (255, 255, 255),
 }
 DIRECTIONS = ("left", "right", "up", "down")
-NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 QUESTION_TEXT = {"direction": "Which way does the square move?", "count": "How many squares are there?"}
 
 
@@ -116,7 +115,7 @@ class MotionTask:
         )
 
     def verify(self, completion: str, sample: Sample) -> bool:
-        return sample.answer is not None and normalise_answer(completion) == sample.answer
+        return matches_answer(completion, sample)
 
     def corpus(self) -> Iterator[str]:
         yield from (QUESTION_TEXT[q] for q in self.questions)

@@ -21,12 +21,11 @@ import soundfile
 
 from mmopd.registry import TASKS
 from mmopd.sample import MediaRef, Sample
-from mmopd.tasks import LazySamples, check_choices, media_cache, normalise_answer, write_once
+from mmopd.tasks import NUMBER_WORDS, LazySamples, check_choices, matches_answer, media_cache, write_once
 
 LOW, HIGH = (250, 315, 400), (1600, 2000, 2500)  # Hz: two bands at least a factor 4 apart
 FREQUENCIES = (*LOW, *HIGH)
 BEEP_SECONDS = 0.1
-NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 QUESTION_TEXT = {"higher": "Which tone is higher, the first or the second?", "beeps": "How many beeps are there?"}
 FADE_SECONDS = 0.005  # raised-cosine edges: no clicks, whose broadband energy would blur the pitch
 
@@ -105,7 +104,7 @@ class TonesTask:
         )
 
     def verify(self, completion: str, sample: Sample) -> bool:
-        return sample.answer is not None and normalise_answer(completion) == sample.answer
+        return matches_answer(completion, sample)
 
     def corpus(self) -> Iterator[str]:
         yield from (QUESTION_TEXT[q] for q in self.questions)
