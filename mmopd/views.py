@@ -141,8 +141,8 @@ def media_inputs(prepared: list[Prepared], processor: Any) -> dict[str, Any]:
     """The batch's media as keyword arguments of a Hugging Face processor, in prompt order.
 
     Videos go with their metadata, so the processor knows the sampled frames' fps (Qwen2.5-VL turns it
-    into seconds per temporal patch for M-RoPE). Audio is resampled to the model's own feature extractor
-    rate (the processor would refuse any other)."""
+    into seconds per temporal patch for M-RoPE), and are neither resampled nor resized again. Audio is
+    resampled to the model's own feature extractor rate (the processor would refuse any other)."""
     kwargs: dict[str, Any] = {}
     images = [item for p in prepared for item in p.media.get("image", [])]
     if images:
@@ -151,6 +151,11 @@ def media_inputs(prepared: list[Prepared], processor: Any) -> dict[str, Any]:
     if videos:
         kwargs["videos"] = [clip.frames for clip in videos]
         kwargs["video_metadata"] = [_video_metadata(clip) for clip in videos]
+        # The frames are sampled and sized already: pixel bounds that keep every frame as it is, whatever
+        # a checkpoint's processor would otherwise resize to (e.g. at least 128 * 28 * 28 pixels).
+        areas = [clip.frames.shape[2] * clip.frames.shape[3] for clip in videos]
+        size = {"shortest_edge": min(areas), "longest_edge": max(areas)}
+        kwargs["videos_kwargs"] = {"size": size, "do_sample_frames": False}
     audios = [item for p in prepared for item in p.media.get("audio", [])]
     if audios:
         rate = processor.feature_extractor.sampling_rate

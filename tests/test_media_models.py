@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import Qwen2VLVideoProcessor
 
 from mmopd.models import MEDIA_TOKENS
 from mmopd.processors.audio import AudioClip
@@ -70,6 +71,8 @@ def test_suppressed_ids_cover_every_media_token_and_are_never_sampled(
 
 def test_video_placeholders_expand_to_the_frames_grid(media_model, motion, media_processors):
     bundle = media_model("qwen2_5_vl")
+    # A checkpoint's video processor (at least 128 * 28 * 28 pixels per frame) must not resize them either.
+    bundle.processor.video_processor = Qwen2VLVideoProcessor(cap_pixels_per_frame=False)
     sample = motion.eval_samples()[0]
     prepared = prepare(sample, student_messages(sample), bundle, media_processors)
     (clip,) = prepared.media["video"]
