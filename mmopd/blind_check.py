@@ -1,4 +1,4 @@
-""" "Does the teacher see it?": the KL between a media teacher's next-token distributions with the media
+"""The "does the teacher see it?" check: the KL between a media teacher's next-token distributions with the media
 and with the media blanked (black images and frames, silent audio), on a probe batch at the start of a run.
 
 A teacher whose processor drops the media, whose vision or audio tower is not wired in, or that never

@@ -4,7 +4,7 @@ beeps are there?") with an exact verifier.
 Each clip is a WAV file (NumPy sine tones written with soundfile), written once into a cache folder and
 generated deterministically from (seed, split, index). The signal is made large for a 2-layer
 Whisper-style encoder: of two tones one is low and one high (a factor of 4 or more apart), and beeps
-have a fixed length with silence between them, so the sounding time grows with their count. The
+have a fixed length with silence between them, so the sounding share of the clip grows with their count. The
 privileged text states the pitches or the count, so a text-only teacher knows the answer.
 """
 
@@ -25,7 +25,7 @@ from mmopd.tasks import NUMBER_WORDS, LazySamples, check_choices, matches_answer
 
 LOW, HIGH = (250, 315, 400), (1600, 2000, 2500)  # Hz: two bands at least a factor 4 apart
 FREQUENCIES = (*LOW, *HIGH)
-BEEP_SECONDS = 0.1
+BEEP_SECONDS = 0.2  # long enough that the sounding share of the clip (0.2-0.8) tells the count
 QUESTION_TEXT = {"higher": "Which tone is higher, the first or the second?", "beeps": "How many beeps are there?"}
 FADE_SECONDS = 0.005  # raised-cosine edges: no clicks, whose broadband energy would blur the pitch
 
@@ -81,7 +81,7 @@ class TonesTask:
         question = rng.choice(self.questions)
         if question == "higher":
             first, second = _two_pitches(rng)
-            waveform = self._tones(rng, [first, second], self.duration * 0.3)
+            waveform = self._tones(rng, [first, second], self.duration * 0.45)
             answer = "first" if first > second else "second"
             privileged = _describe_pitches(first, second)
         else:
@@ -121,7 +121,7 @@ class TonesTask:
         total = round(self.duration * self.sampling_rate)
         waveform = np.zeros(total, dtype=np.float32)
         slot = total // len(frequencies)
-        length = min(round(seconds * self.sampling_rate), int(slot * 0.6))  # silence between tones
+        length = min(round(seconds * self.sampling_rate), int(slot * 0.9))  # silence between tones
         for position, frequency in enumerate(frequencies):
             start = position * slot + rng.randint(0, slot - length)
             time = np.arange(length) / self.sampling_rate

@@ -1,4 +1,4 @@
-""" "Does the teacher see it?": a teacher whose media are blanked or ignored is flagged, one that reads them is not."""
+"""The "does the teacher see it?" check: a teacher whose media are blanked or ignored is flagged, one that reads them is not."""
 
 from __future__ import annotations
 
