@@ -122,6 +122,8 @@ def _data_check(args: argparse.Namespace) -> int:
         raise ConfigError("data check takes a CONFIG or --jsonl FILE (one of them)")
     if args.jsonl is not None and args.overrides:
         raise ConfigError("a.b=value overrides need a CONFIG, not --jsonl")
+    if args.max_samples < 0:
+        raise ConfigError(f"--max-samples must be 0 (all) or more, got {args.max_samples}")
     try:
         if args.jsonl is not None:
             report = check_jsonl(args.jsonl, args.max_samples)

@@ -3,8 +3,9 @@
 Frames are sampled the way qwen-vl-utils does (its `smart_nframes`, `calculate_video_frame_range` and
 `smart_resize`: fps or a fixed count, min/max frames, an even count for the temporal patch, a total
 pixel budget shared by the frames). Unlike qwen-vl-utils it decodes with decord and falls back to PyAV
-only when decord cannot read the file, decodes in chunks (memory stays near the output size), and
-refuses over-long or oversized videos with a `MediaError` instead of failing or swapping later.
+when decord cannot open or decode the file (AV1, some MPEG-TS), decodes and resizes in chunks (memory
+stays near the output size) with Pillow's bicubic filter (qwen-vl-utils uses torchvision's: within a
+fraction of a grey level, and faster on CPU), and refuses over-long or oversized videos with a `MediaError`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from qwen_vl_utils.vision_process import (
     smart_nframes,
     smart_resize,
 )
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.functional import resize
 
 from mmopd.processors import resolve_path
 from mmopd.registry import PROCESSORS
@@ -46,6 +45,12 @@ class VideoClip:
     """Time in seconds of each sampled frame in the source."""
     fps: float
     """Frames per second of the sampled frames (Qwen2.5-VL's `second_per_grid_ts` is 2 / fps)."""
+
+    def metadata(self) -> dict[str, Any]:
+        """`video_metadata` for a transformers video processor (frames already sampled): its
+        `sampled_fps` is `fps`; its timestamps, index / fps, count from the first sampled frame."""
+        count = self.frames.shape[0]
+        return {"total_num_frames": count, "fps": self.fps, "frames_indices": list(range(count))}
 
 
 @PROCESSORS.register("video")
@@ -79,13 +84,13 @@ class VideoProcessor:
     max_decoded_pixels: int = 7680 * 4320
     """Largest source frame area (height * width) decoded; larger videos are refused after one frame."""
     decoder: str = "auto"
-    """auto (decord; PyAV when decord cannot open the file or is not installed) | decord | pyav."""
+    """auto (decord; PyAV when decord cannot open or decode the file, or is not installed) | decord | pyav."""
     allow_outside_root: bool = False
     """Allow relative paths that leave their media root (`../`); off so datasets cannot read any file."""
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
+        if self.decoder not in DECODER_ORDER:
+            raise ValueError(f"decoder must be one of {sorted(DECODER_ORDER)}, got {self.decoder!r}")
         if self.fps <= 0 or self.nframes < 0:
             raise ValueError(f"need fps > 0 and nframes >= 0, got {self.fps} and {self.nframes}")
         if not 0 < self.min_frames <= self.max_frames:
@@ -100,14 +105,19 @@ class VideoProcessor:
     def load(self, ref: MediaRef, sample_id: str) -> VideoClip:
         """Decode, sample and resize `ref`; any problem raises `MediaError(sample_id, file, reason)`."""
         source = ref.describe()
-        try:
-            return self._load(self._open(ref, sample_id), sample_id, source)
-        except MediaError:
-            raise
-        except Unreadable as error:
-            raise MediaError(sample_id, source, f"cannot decode video: {error}") from error
-        except Exception as error:  # decord and PyAV raise many kinds for broken streams
-            raise MediaError(sample_id, source, f"cannot decode video: {type(error).__name__}: {error}") from error
+        media = self._media(ref, sample_id)
+        if isinstance(media, np.ndarray):
+            return self._load(_ArrayFrames(media, self.fps), sample_id, source)
+        failures = []
+        for decoder in DECODER_ORDER[self.decoder]:
+            try:
+                return self._load(DECODERS[decoder](media), sample_id, source)
+            except MediaError:
+                raise
+            except Exception as error:  # decord and PyAV raise many kinds for broken streams
+                lines = str(error).strip().splitlines() or [""]
+                failures.append(f"{decoder}: {type(error).__name__}: {lines[0]}")
+        raise MediaError(sample_id, source, f"cannot decode video ({'; '.join(failures)})")
 
     def _load(self, video: _Frames, sample_id: str, source: str) -> VideoClip:
         if video.total_frames <= 0:
@@ -121,8 +131,8 @@ class VideoProcessor:
                 raise MediaError(sample_id, source, f"{duration:.1f} s exceeds max_duration_s={self.max_duration_s}")
             video_end = self.max_duration_s
         start, end, count = calculate_video_frame_range({"video_end": video_end}, video.total_frames, video.fps)
-        wanted = {"nframes": self.nframes} if self.nframes else {}
-        wanted = wanted or {"fps": self.fps, "min_frames": self.min_frames, "max_frames": self.max_frames}
+        by_fps = {"fps": self.fps, "min_frames": self.min_frames, "max_frames": self.max_frames}
+        wanted = {"nframes": self.nframes} if self.nframes else by_fps
         try:
             nframes = smart_nframes(wanted, total_frames=count, video_fps=video.fps)
         except ValueError as error:  # fewer frames than the temporal patch, or than `nframes`
@@ -132,7 +142,7 @@ class VideoProcessor:
         for frames, times in video.read(indices):  # frames (n, H, W, 3) uint8
             if target is None:
                 target = self._target_size(frames.shape[1], frames.shape[2], nframes, sample_id, source)
-            chunks.append(self._resize(torch.from_numpy(frames).permute(0, 3, 1, 2), target))
+            chunks.append(torch.from_numpy(resize_frames(frames, target)).permute(0, 3, 1, 2))  # (n, 3, H, W)
             timestamps.extend(times)
         if len(timestamps) != nframes:
             raise MediaError(sample_id, source, f"decoded {len(timestamps)} of {nframes} sampled frames (truncated?)")
@@ -151,26 +161,20 @@ class VideoProcessor:
         except ValueError as error:  # an aspect ratio beyond what the vision tower accepts
             raise MediaError(sample_id, source, str(error)) from error
 
-    @staticmethod
-    def _resize(frames: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
-        if tuple(frames.shape[2:]) == target:
-            return frames.contiguous()
-        resized = resize(frames.float(), list(target), InterpolationMode.BICUBIC, antialias=True)  # (n, 3, H, W)
-        return resized.round().clamp(0, 255).to(torch.uint8)  # bicubic overshoots [0, 255]
-
-    def _open(self, ref: MediaRef, sample_id: str) -> _Frames:
+    def _media(self, ref: MediaRef, sample_id: str) -> str | bytes | np.ndarray:
+        """A file path or bytes for a decoder, or in-memory frames (T, H, W, 3) uint8."""
         if ref.path is not None:
             path = resolve_path(ref, sample_id, self.allow_outside_root)
             if path.stat().st_size == 0:
                 raise MediaError(sample_id, ref.describe(), "empty file (0 bytes)")
-            return DECODERS[self.decoder](str(path))
+            return str(path)
         data = ref.data
         if isinstance(data, (bytes, bytearray, memoryview)):
             if len(data) == 0:
                 raise MediaError(sample_id, ref.describe(), "empty data (0 bytes)")
-            return DECODERS[self.decoder](bytes(data))
+            return bytes(data)
         if isinstance(data, (np.ndarray, torch.Tensor, list, tuple)):
-            return _ArrayFrames(frames_array(data, sample_id, ref.describe()), self.fps)
+            return frames_array(data, sample_id, ref.describe())
         raise MediaError(
             sample_id, ref.describe(), f"expected a path, bytes, frames or images, got {type(data).__name__}"
         )
@@ -185,23 +189,6 @@ class _Frames(Protocol):
     def read(self, indices: list[int]) -> Iterator[tuple[np.ndarray, list[float]]]:
         """Chunks of (frames (n, H, W, 3) uint8, their times in seconds), covering `indices` in order."""
         ...
-
-
-class Unreadable(ValueError):
-    """Neither decord nor PyAV can open the video."""
-
-
-def open_video(source: str | bytes) -> _Frames:
-    """decord first (fast seeking); PyAV when decord cannot open the file. Raises `Unreadable` when neither can."""
-    try:
-        return _DecordFrames(source)
-    except Exception as decord_error:  # decord raises RuntimeError or its own DECORDError
-        try:
-            return _PyAVFrames(source)
-        except Unreadable:
-            raise
-        except Exception as pyav_error:
-            raise Unreadable(f"decord: {decord_error}; PyAV: {pyav_error}".replace("\n", " ")) from pyav_error
 
 
 class _DecordFrames:
@@ -225,12 +212,14 @@ class _PyAVFrames:
         self._source = source
         with self._container() as container:
             if not container.streams.video:
-                raise Unreadable("no video stream: the file holds no frame")
+                raise ValueError("no video stream: the file holds no frame")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             self.fps = float(rate) if rate else 0.0
             # Containers that do not store a frame count: count the packets (no decoding).
             self.total_frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+            # Timestamps count from the stream's first frame (MPEG-TS, for one, starts later than 0).
+            self._start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
 
     def _container(self) -> Any:
         import av
@@ -240,7 +229,7 @@ class _PyAVFrames:
     def read(self, indices: list[int]) -> Iterator[tuple[np.ndarray, list[float]]]:
         wanted: dict[int, int] = {}
         for index in indices:
-            wanted[index] = wanted.get(index, 0) + 1  # an index repeats when nframes > frames
+            wanted[index] = wanted.get(index, 0) + 1  # a repeated index gives the frame twice, as decord does
         frames, times = [], []
         with self._container() as container:
             for position, frame in enumerate(container.decode(video=0)):
@@ -248,7 +237,7 @@ class _PyAVFrames:
                     break
                 for _ in range(wanted.get(position, 0)):
                     frames.append(frame.to_ndarray(format="rgb24"))  # (H, W, 3)
-                    times.append(float(frame.time or 0.0))
+                    times.append(frame.time - self._start if frame.time is not None else position / self.fps)
                 if len(frames) >= DECODE_CHUNK:
                     yield np.stack(frames), times
                     frames, times = [], []
@@ -256,7 +245,9 @@ class _PyAVFrames:
             yield np.stack(frames), times
 
 
-DECODERS = {"auto": open_video, "decord": _DecordFrames, "pyav": _PyAVFrames}
+DECODERS = {"decord": _DecordFrames, "pyav": _PyAVFrames}
+DECODER_ORDER = {"auto": ("decord", "pyav"), "decord": ("decord",), "pyav": ("pyav",)}
+"""auto: decord seeks fast; PyAV reads what decord's older FFmpeg cannot (AV1, some MPEG-TS files)."""
 
 
 class _ArrayFrames:
@@ -267,6 +258,16 @@ class _ArrayFrames:
         for begin in range(0, len(indices), DECODE_CHUNK):
             chunk = indices[begin : begin + DECODE_CHUNK]
             yield self._frames[chunk], [index / self.fps for index in chunk]
+
+
+def resize_frames(frames: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """(n, H, W, 3) uint8 frames resized to `target` (height, width) with Pillow's bicubic filter, as
+    the image processor does (antialiased when shrinking; faster than torchvision's on CPU here)."""
+    height, width = target
+    if frames.shape[1:3] == target:
+        return np.ascontiguousarray(frames)
+    resized = [Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC) for frame in frames]
+    return np.stack([np.asarray(image) for image in resized])  # (n, H', W', 3)
 
 
 def frames_array(data: Any, sample_id: str, source: str) -> np.ndarray:
@@ -281,6 +282,8 @@ def frames_array(data: Any, sample_id: str, source: str) -> np.ndarray:
         return (
             np.stack([np.asarray(image.convert("RGB")) for image in data]) if data else np.zeros((0, 1, 1, 3), np.uint8)
         )
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu()
     array = data.permute(0, 2, 3, 1).numpy() if isinstance(data, torch.Tensor) and data.ndim == 4 else np.asarray(data)
     if array.ndim != 4 or array.shape[3] != 3 or array.dtype != np.uint8:
         layout = "(T, 3, H, W) tensor" if isinstance(data, torch.Tensor) else "(T, H, W, 3) array"

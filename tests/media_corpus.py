@@ -3,7 +3,8 @@ processor tests, `mmopd data check` and training over bad samples.
 
 Each `bad_*` function writes one kind of broken file under a directory and returns its path relative
 to that directory; `BAD_MEDIA` lists them with the media kind they pose as and a fragment of the
-reason a processor gives. `write_jsonl` turns (kind, path) items into a JSONL dataset of the `jsonl` task.
+reason a processor gives; `refusal` writes one and returns the processor's MediaError. `write_jsonl`
+turns (kind, path) items into a JSONL dataset of the `jsonl` task (training over bad samples reuses it).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import soundfile
 from PIL import Image
+
+from mmopd.sample import MediaError, MediaRef
 
 
 def video_frames(count: int, width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:
@@ -31,14 +35,19 @@ def video_frames(count: int, width: int = 64, height: int = 48, seed: int = 0) -
 
 
 def write_video(
-    path: Path, frames: np.ndarray, fps: int = 10, container_format: str | None = None, faststart: bool = False
+    path: Path,
+    frames: np.ndarray,
+    fps: int = 10,
+    container_format: str | None = None,
+    faststart: bool = False,
+    codec: str = "libx264",
 ) -> Path:
-    """Encode (T, H, W, 3) uint8 frames with libx264 (H.264 in MP4 unless the suffix says otherwise);
+    """Encode (T, H, W, 3) uint8 frames (H.264 in MP4 unless the suffix or arguments say otherwise);
     `faststart` puts the MP4 index before the frames."""
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", format=container_format, options=options) as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         container.start_encoding()  # writes the header even when there is no frame
@@ -196,6 +205,25 @@ BAD_MEDIA: dict[str, tuple[str, Callable[[Path], str], str]] = {
 }
 LIMITS = {"video": {"max_duration_s": 4.0}, "audio": {"max_duration_s": 2.0}}
 """Processor arguments under which the `long_*` files are over the limit and every good file is fine."""
+
+
+def bad_names(kind: str) -> list[str]:
+    """The names in `BAD_MEDIA` of the bad files posing as `kind` media."""
+    return [name for name, (bad_kind, _, _) in BAD_MEDIA.items() if bad_kind == kind]
+
+
+def refusal(processor: Any, name: str, directory: Path, sample_id: str) -> tuple[str, str, MediaError]:
+    """Write bad file `name` under `directory`/data and load it with `processor`: (its relative path,
+    the expected reason fragment, the MediaError raised). Raises AssertionError if it was accepted."""
+    kind, write, reason = BAD_MEDIA[name]
+    root = directory / "data"
+    root.mkdir(exist_ok=True)
+    relative = write(root)
+    try:
+        processor.load(MediaRef(kind=kind, path=relative, root=str(root)), sample_id)
+    except MediaError as error:
+        return relative, reason, error
+    raise AssertionError(f"{type(processor).__name__} accepted the bad file {relative} ({name})")
 
 
 def write_jsonl(path: Path, items: Sequence[tuple[str, str]]) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from media_corpus import BAD_MEDIA, LIMITS, tone, write_audio
+from media_corpus import LIMITS, bad_names, refusal, tone, write_audio
 from transformers import WhisperFeatureExtractor
 
 from mmopd.processors.audio import AudioClip, AudioProcessor, wav_missing_bytes
@@ -78,6 +78,12 @@ def test_integer_pcm_arrays_are_scaled_like_soundfile() -> None:
     np.testing.assert_array_equal(from_file.waveform, from_array.waveform)
 
 
+def test_content_decides_the_format_not_the_extension(tmp_path: Path) -> None:
+    wav = write_audio(tmp_path / "tone.wav", tone(0.5))
+    (tmp_path / "really_a_wav.ogg").write_bytes(wav.read_bytes())
+    assert load(AudioProcessor(), tmp_path / "really_a_wav.ogg").waveform.shape == (8000,)
+
+
 def test_silence_is_valid_audio(tmp_path: Path) -> None:
     clip = load(AudioProcessor(), write_audio(tmp_path / "silence.wav", np.zeros((8000, 1), np.float32)))
     assert clip.waveform.shape == (8000,) and not clip.waveform.any()
@@ -100,16 +106,10 @@ def test_clip_goes_through_whisper_features() -> None:
     assert torch.isfinite(features["input_features"]).all()
 
 
-@pytest.mark.parametrize("name", [name for name, (kind, _, _) in BAD_MEDIA.items() if kind == "audio"])
+@pytest.mark.parametrize("name", bad_names("audio"))
 def test_bad_audio_raises_media_error_naming_sample_and_file(tmp_path: Path, name: str) -> None:
-    _, write, reason = BAD_MEDIA[name]
-    root = tmp_path / "data"
-    root.mkdir()
-    relative = write(root)
-    with pytest.raises(MediaError) as caught:
-        AudioProcessor(**LIMITS["audio"]).load(MediaRef(kind="audio", path=relative, root=str(root)), SAMPLE_ID)
-    assert caught.value.sample_id == SAMPLE_ID and caught.value.source == relative
-    assert reason in caught.value.reason
+    relative, reason, error = refusal(AudioProcessor(**LIMITS["audio"]), name, tmp_path, SAMPLE_ID)
+    assert error.sample_id == SAMPLE_ID and error.source == relative and reason in error.reason
 
 
 @pytest.mark.parametrize(

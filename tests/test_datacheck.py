@@ -49,13 +49,16 @@ def run_check(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
 
 def test_config_check_reports_every_bad_file_and_only_those(tmp_path: Path, corpus, capsys) -> None:
     jsonl, expected = corpus
-    config = {"data": {"task": "jsonl", "task_args": {"train_path": str(jsonl)}, "processor_args": LIMITS}}
+    held_out = write_jsonl(jsonl.parent / "eval.jsonl", [("video", "clips/moving.mp4"), ("audio", "missing.wav")])
+    task_args = {"train_path": str(jsonl), "eval_path": str(held_out)}
+    config = {"data": {"task": "jsonl", "task_args": task_args, "processor_args": LIMITS}}
     (tmp_path / "check.yaml").write_text(yaml.safe_dump(config))
     code, out = run_check(capsys, str(tmp_path / "check.yaml"), "--json")
     report = json.loads(out)
     assert code == 1
-    assert report["checked"] == len(jsonl.read_text().splitlines())
-    found = {item["index"]: item for item in report["bad"]}
+    assert report["checked"] == len(jsonl.read_text().splitlines()) + 2
+    assert [(item["index"], item["file"]) for item in report["bad"] if item["split"] == "eval"] == [(1, "missing.wav")]
+    found = {item["index"]: item for item in report["bad"] if item["split"] == "train"}
     assert sorted(found) == sorted(expected)
     for index, (field, file, reason) in expected.items():
         assert found[index]["field"] == field and found[index]["file"] == file
@@ -94,6 +97,7 @@ def test_unreadable_dataset_and_bad_arguments_exit_two(tmp_path: Path, capsys) -
     assert main(["data", "check", "--jsonl", str(tmp_path / "broken.jsonl")]) == 2
     assert main(["data", "check", "--jsonl", str(tmp_path / "absent.jsonl")]) == 2
     assert main(["data", "check"]) == 2
+    assert main(["data", "check", "--jsonl", str(tmp_path / "broken.jsonl"), "--max-samples", "-1"]) == 2
     assert main(["data", "check", "configs/debug.yaml", "--jsonl", str(tmp_path / "broken.jsonl")]) == 2
     assert "broken.jsonl:1" in capsys.readouterr().err
 

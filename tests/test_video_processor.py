@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
-from media_corpus import BAD_MEDIA, LIMITS, video_frames, write_video
+from conftest import TINY
+from media_corpus import LIMITS, bad_names, refusal, video_frames, write_video
 from PIL import Image
 from transformers import Qwen2VLVideoProcessor
 
+from mmopd.config import ModelConfig
+from mmopd.models import build_tiny
 from mmopd.processors.video import VideoClip, VideoProcessor
 from mmopd.registry import PROCESSORS
 from mmopd.sample import MediaError, MediaRef
@@ -65,6 +69,26 @@ def test_decord_and_pyav_give_the_same_clip(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "name, codec",
+    [
+        ("grey.mkv", "libsvtav1"),  # decord's FFmpeg has no AV1 decoder: it cannot open the file
+        ("grey.ts", "libx264"),  # decord opens MPEG-TS but fails to seek in it
+    ],
+)
+def test_auto_falls_back_to_pyav_when_decord_fails(tmp_path: Path, name: str, codec: str) -> None:
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV build has no {codec} encoder")
+    levels = (np.arange(20) * 8).astype(np.uint8)
+    frames = np.broadcast_to(levels[:, None, None, None], (20, 64, 64, 3)).copy()  # (T, H, W, 3)
+    video = write_video(tmp_path / name, frames, fps=10, codec=codec)
+    with pytest.raises(MediaError, match="decord"):
+        load(VideoProcessor(nframes=4, decoder="decord", **SMALL), video)
+    clip = load(VideoProcessor(nframes=4, **SMALL), video)
+    assert source_index(clip.frames) == [0, 6, 13, 19]
+    assert clip.timestamps == pytest.approx([index / 10 for index in (0, 6, 13, 19)], abs=0.06)
+
+
+@pytest.mark.parametrize(
     "settings, seconds, expected_frames",
     [
         (dict(fps=2.0), 6.0, 12),
@@ -106,6 +130,23 @@ def test_clip_goes_through_the_qwen_video_processor_unresized(tmp_path: Path) ->
     assert grid.tolist() == [[frames // 2, height // 14, width // 14]]
 
 
+def test_tiny_qwen25_vl_reads_the_clip_at_its_frame_rate(tmp_path: Path, tokenizer) -> None:
+    spec = ModelConfig(family="qwen2_5_vl", vision_depth=1, vision_hidden_size=32, vision_heads=2, **TINY)
+    bundle = build_tiny(spec, tokenizer)
+    video = write_video(tmp_path / "v.mp4", video_frames(30, width=90, height=70), fps=10)
+    clip = load(VideoProcessor(fps=2.0, **SMALL), video)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What colour is it?"}]}]
+    text = bundle.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    size = {"shortest_edge": SMALL["min_pixels"], "longest_edge": SMALL["max_pixels"]}
+    inputs = bundle.processor(
+        text=[text], videos=[clip.frames], video_metadata=[clip.metadata()], size=size, return_tensors="pt"
+    )
+    frames, _, height, width = clip.frames.shape
+    assert inputs["video_grid_thw"].tolist() == [[frames // 2, height // 14, width // 14]]
+    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([2 / clip.fps])
+    assert torch.isfinite(bundle.model(**inputs).logits).all()
+
+
 def test_path_bytes_and_array_inputs(tmp_path: Path) -> None:
     video = brightness_video(tmp_path / "grey.mp4")
     processor = VideoProcessor(nframes=4, **SMALL)
@@ -120,6 +161,12 @@ def test_path_bytes_and_array_inputs(tmp_path: Path) -> None:
     for clip in (from_array, from_tensor, from_images):
         assert torch.equal(clip.frames, expected)
         assert clip.timestamps == pytest.approx([0.0, 1.0, 1.5, 2.5])  # in-memory frames are at `fps` (2)
+
+
+def test_content_decides_the_format_not_the_extension(tmp_path: Path) -> None:
+    video = brightness_video(tmp_path / "grey.mp4")
+    (tmp_path / "really_an_mp4.avi").write_bytes(video.read_bytes())
+    assert load(VideoProcessor(nframes=4, **SMALL), tmp_path / "really_an_mp4.avi").frames.shape[0] == 4
 
 
 def test_over_long_video_is_refused_or_truncated(tmp_path: Path) -> None:
@@ -142,16 +189,10 @@ def test_single_frame_video_is_refused(tmp_path: Path) -> None:
         load(VideoProcessor(**SMALL), video)
 
 
-@pytest.mark.parametrize("name", [name for name, (kind, _, _) in BAD_MEDIA.items() if kind == "video"])
+@pytest.mark.parametrize("name", bad_names("video"))
 def test_bad_videos_raise_media_error_naming_sample_and_file(tmp_path: Path, name: str) -> None:
-    _, write, reason = BAD_MEDIA[name]
-    root = tmp_path / "data"
-    root.mkdir()
-    relative = write(root)
-    with pytest.raises(MediaError) as caught:
-        VideoProcessor(**LIMITS["video"]).load(MediaRef(kind="video", path=relative, root=str(root)), SAMPLE_ID)
-    assert caught.value.sample_id == SAMPLE_ID and caught.value.source == relative
-    assert reason in caught.value.reason
+    relative, reason, error = refusal(VideoProcessor(**LIMITS["video"]), name, tmp_path, SAMPLE_ID)
+    assert error.sample_id == SAMPLE_ID and error.source == relative and reason in error.reason
 
 
 @pytest.mark.parametrize(
