@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torchaudio
 from torch.func import functional_call
-from transformers.video_utils import VideoMetadata
 
 from mmopd.models import ModelBundle, final_hidden_states
 from mmopd.sample import MediaError, Sample
@@ -150,7 +149,7 @@ def media_inputs(prepared: list[Prepared], processor: Any) -> dict[str, Any]:
     videos = [item for p in prepared for item in p.media.get("video", [])]
     if videos:
         kwargs["videos"] = [clip.frames for clip in videos]
-        kwargs["video_metadata"] = [_video_metadata(clip) for clip in videos]
+        kwargs["video_metadata"] = [clip.metadata() for clip in videos]
         # The frames are sampled and sized already: pixel bounds that keep every frame as it is, whatever
         # a checkpoint's processor would otherwise resize to (e.g. at least 128 * 28 * 28 pixels).
         areas = [clip.frames.shape[2] * clip.frames.shape[3] for clip in videos]
@@ -162,14 +161,6 @@ def media_inputs(prepared: list[Prepared], processor: Any) -> dict[str, Any]:
         kwargs["audio"] = [_resampled(clip.waveform, clip.sampling_rate, rate) for clip in audios]
         kwargs["sampling_rate"] = rate
     return kwargs
-
-
-def _video_metadata(clip: Any) -> VideoMetadata:
-    count, _, height, width = clip.frames.shape  # (T, 3, H, W)
-    # The frames are already sampled: to the model's processor they are the whole video, at the sampled fps.
-    return VideoMetadata(
-        total_num_frames=count, fps=float(clip.fps), width=width, height=height, frames_indices=list(range(count))
-    )
 
 
 def _resampled(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
