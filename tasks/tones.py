@@ -121,9 +121,10 @@ class TonesTask:
         total = round(self.duration * self.sampling_rate)
         waveform = np.zeros(total, dtype=np.float32)
         slot = total // len(frequencies)
-        length = min(round(seconds * self.sampling_rate), int(slot * 0.9))  # silence between tones
+        margin = slot // 20  # each tone keeps 5% of its slot silent on both sides: never two tones touch
+        length = min(round(seconds * self.sampling_rate), slot - 2 * margin)
         for position, frequency in enumerate(frequencies):
-            start = position * slot + rng.randint(0, slot - length)
+            start = position * slot + margin + rng.randint(0, slot - 2 * margin - length)
             time = np.arange(length) / self.sampling_rate
             tone = 0.5 * np.sin(2 * np.pi * frequency * time + rng.uniform(0, 2 * np.pi))
             waveform[start : start + length] = tone * _envelope(length, self.sampling_rate)
