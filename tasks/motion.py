@@ -30,6 +30,7 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 220, 20),
     "white": (255, 255, 255),
 }
+GENERATOR_VERSION = 1  # part of the cache folder name: bump it when the frames of a sample change
 DIRECTIONS = ("left", "right", "up", "down")
 QUESTION_TEXT = {"direction": "Which way does the square move?", "count": "How many squares are there?"}
 
@@ -79,7 +80,7 @@ class MotionTask:
     @property
     def folder(self) -> Path:
         fingerprint = (self.frame_size, self.num_frames, self.fps, self.questions, self.directions)
-        return media_cache(self.cache_dir, "motion", (*fingerprint, self.max_squares, self.seed))
+        return media_cache(self.cache_dir, "motion", (GENERATOR_VERSION, *fingerprint, self.max_squares, self.seed))
 
     def train_samples(self) -> Sequence[Sample]:
         return LazySamples(self.num_train, lambda index: self.sample("train", index))

@@ -25,6 +25,7 @@ from mmopd.tasks import NUMBER_WORDS, LazySamples, check_choices, matches_answer
 
 LOW, HIGH = (250, 315, 400), (1600, 2000, 2500)  # Hz: two bands at least a factor 4 apart
 FREQUENCIES = (*LOW, *HIGH)
+GENERATOR_VERSION = 2  # part of the cache folder name: bump it when the sound of a sample changes
 BEEP_SECONDS = 0.2  # long enough that the sounding share of the clip (0.2-0.8) tells the count
 QUESTION_TEXT = {"higher": "Which tone is higher, the first or the second?", "beeps": "How many beeps are there?"}
 FADE_SECONDS = 0.005  # raised-cosine edges: no clicks, whose broadband energy would blur the pitch
@@ -66,7 +67,7 @@ class TonesTask:
 
     @property
     def folder(self) -> Path:
-        fingerprint = (self.sampling_rate, self.duration, self.questions, self.max_beeps, self.seed)
+        fingerprint = (GENERATOR_VERSION, self.sampling_rate, self.duration, self.questions, self.max_beeps, self.seed)
         return media_cache(self.cache_dir, "tones", fingerprint)
 
     def train_samples(self) -> Sequence[Sample]:
