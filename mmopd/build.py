@@ -20,7 +20,9 @@ import mmopd.processors.audio  # noqa: F401  (registers the built-in processors)
 import mmopd.processors.image  # noqa: F401
 import mmopd.processors.video  # noqa: F401
 import mmopd.tasks.jsonl  # noqa: F401  (registers the built-in tasks)
+import mmopd.tasks.motion  # noqa: F401
 import mmopd.tasks.shapes  # noqa: F401
+import mmopd.tasks.tones  # noqa: F401
 from mmopd.config import Config, ConfigError, DataConfig, ModelConfig
 from mmopd.evaluate import evaluate
 from mmopd.models import ModelBundle, build_model, go_offline, is_hub_id, qwen_tokenizer, train_bpe_tokenizer
@@ -84,23 +86,27 @@ def build_task(config: DataConfig) -> Any:
     return _construct(factory, kwargs, f"data.task_args (task {config.task!r})")
 
 
-def build_processors(config: DataConfig) -> dict[str, Any]:
+def build_processors(config: DataConfig, teacher_args: dict | None = None) -> dict[str, Any]:
     """The processor serving each media kind: every registered processor serves its own `kind` (the one
-    registered under the kind's name first), and `data.processors` maps a kind to another one."""
+    registered under the kind's name first), and `data.processors` maps a kind to another one.
+    `teacher_args` (teacher.processor_args) override data.processor_args argument by argument, so a
+    teacher can read the media with its own sampling policy."""
+    teacher_args = teacher_args or {}
     names = PROCESSORS.names()
     chosen = dict(config.processors)
-    unknown = set(config.processor_args) - set(names) - set(chosen.values())
-    if unknown:
-        raise ConfigError(
-            f"data.processor_args names unknown processors {sorted(unknown)}; known: {PROCESSORS.names()}"
-        )
+    for where, args in (("data.processor_args", config.processor_args), ("teacher.processor_args", teacher_args)):
+        unknown = set(args) - set(names) - set(chosen.values())
+        if unknown:
+            raise ConfigError(f"{where} names unknown processors {sorted(unknown)}; known: {PROCESSORS.names()}")
     built = {}
     for name in sorted({*names, *chosen.values()}):
         try:
             factory = PROCESSORS.get(name)
         except (KeyError, ImportError, AttributeError) as error:
             raise ConfigError(f"data.processors: {error}") from error
-        built[name] = _construct(factory, config.processor_args.get(name, {}), f"data.processor_args.{name}")
+        args = {**config.processor_args.get(name, {}), **teacher_args.get(name, {})}
+        where = "teacher.processor_args" if name in teacher_args else "data.processor_args"
+        built[name] = _construct(factory, args, f"{where}.{name}")
     serving: dict[str, str] = {}
     for name in sorted(names, key=lambda name: name != built[name].kind):
         serving.setdefault(built[name].kind, name)
@@ -147,11 +153,12 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
     if with_teacher:
         if config.teacher.kind == "model":
             teacher_model = build_teacher_model(config.teacher.model, tokenizer, config)
+        teacher_processors = build_processors(config.data, config.teacher.processor_args)
         teacher = build_teacher(
             config.teacher,
             student,
             teacher_model,
-            processors,
+            teacher_processors,
             run_dir,
             config.rollout.temperature,
             config.loss.chunk_size,
@@ -161,6 +168,7 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
 
 
 def build_teacher_model(spec: ModelConfig, tokenizer: Any, config: Config, trainable: bool = False) -> ModelBundle:
-    bundle = build_model(spec, tokenizer, config.data.processor_args.get("image", {}), config.device)
+    image_args = {**config.data.processor_args.get("image", {}), **config.teacher.processor_args.get("image", {})}
+    bundle = build_model(spec, tokenizer, image_args, config.device)
     bundle.model.requires_grad_(trainable)
     return bundle

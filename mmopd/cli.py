@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=about, description=about, epilog=_config_help(), formatter_class=formatter)
         if name != "demo":
             sub.add_argument("config", help="YAML config file")
+        else:
+            sub.add_argument("--config", type=Path, help="demo config (default: the shapes demo, configs/demo.yaml)")
         sub.add_argument("overrides", nargs="*", help="a.b=value overrides")
         if name == "eval":
             sub.add_argument("--model", help="evaluate this model directory instead of the configured student")
@@ -128,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from mmopd.demo import demo
 
-        summary = demo(args.overrides, run_dir, args.resume)
+        summary = demo(args.overrides, run_dir, args.resume, args.config)
     else:
         config = load_config(args.config, args.overrides)
         from mmopd.demo import write_summary

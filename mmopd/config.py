@@ -27,7 +27,8 @@ class ModelConfig:
     path: str = ""
     """Local directory or hub id of a Hugging Face model; empty builds a tiny random-init model."""
     family: str = "qwen2_vl"
-    """Tiny model family when `path` is empty: qwen2_vl | qwen2_5_vl | qwen2 | qwen3."""
+    """Tiny model family when `path` is empty: qwen2_vl | qwen2_5_vl (images, videos) | qwen2_audio (audio) |
+    qwen2 | qwen3 (text)."""
     hidden_size: int = 64
     """Tiny model: width of the language model."""
     num_layers: int = 2
@@ -44,6 +45,14 @@ class ModelConfig:
     """Tiny VLM: vision transformer width."""
     vision_heads: int = 4
     """Tiny VLM: vision attention heads."""
+    audio_layers: int = 2
+    """Tiny audio model: Whisper-style encoder layers."""
+    audio_hidden_size: int = 64
+    """Tiny audio model: encoder width."""
+    audio_heads: int = 4
+    """Tiny audio model: encoder attention heads."""
+    audio_seconds: int = 2
+    """Tiny audio model: longest audio clip; Whisper features pad (or cut) every clip to this length."""
     seed: int = 0
     """Seed of the random initialisation of a tiny model."""
     dtype: str = "float32"
@@ -52,7 +61,7 @@ class ModelConfig:
     """Allow a model directory to run its own Python code (off: only transformers' own classes)."""
 
     def __post_init__(self):
-        if not self.path and self.family not in ("qwen2_vl", "qwen2_5_vl", "qwen2", "qwen3"):
+        if not self.path and self.family not in ("qwen2_vl", "qwen2_5_vl", "qwen2_audio", "qwen2", "qwen3"):
             raise ConfigError(f"unknown tiny model family {self.family!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"unknown dtype {self.dtype!r}")
@@ -111,8 +120,20 @@ class TeacherConfig:
     signal: str = "hidden"
     """hidden (final-norm hidden states + output head; the loss recomputes logits) | sampled (teacher
     logprob of each sampled token only; only the policy-gradient loss can use it)."""
+    processor_args: dict = field(default_factory=dict)
+    """Per-modality processor arguments for the teacher only, over data.processor_args (its own sampling
+    policy), e.g. {video: {max_frames: 16}}."""
+    blind_check: str = "warn"
+    """teacher.view=media: before training, compare the teacher's next-token distributions with the media and
+    with blanked media on a probe batch; warn | stop (when the KL is below blind_threshold) | off."""
+    blind_threshold: float = 1e-4
+    """Mean per-token KL (nats) between the media and blanked-media views under which the teacher counts as blind."""
+    blind_probe_samples: int = 8
+    """Training samples in the blind check's probe batch."""
 
     def __post_init__(self):
+        if self.blind_check not in ("warn", "stop", "off"):
+            raise ConfigError(f"teacher.blind_check must be warn, stop or off, got {self.blind_check!r}")
         if self.kind not in ("model", "self"):
             raise ConfigError(f"teacher.kind must be model or self, got {self.kind!r}")
         if self.view not in ("text", "media"):

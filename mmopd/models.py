@@ -19,18 +19,21 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoModelForImageTextToText,
+    AutoModelForMultimodalLM,
     AutoProcessor,
     AutoTokenizer,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLProcessor,
+    Qwen2AudioConfig,
+    Qwen2AudioProcessor,
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
     Qwen3Config,
+    WhisperFeatureExtractor,
 )
 
 from mmopd.config import ModelConfig
@@ -45,7 +48,9 @@ SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
-MEDIA_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+# Qwen2-Audio's tokens; appended after training, so the ids of every other token stay as they were.
+AUDIO_TOKENS = ["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+MEDIA_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", *AUDIO_TOKENS]
 
 # Qwen's ChatML with one placeholder per media part; no default system prompt, to keep tiny runs short.
 CHAT_TEMPLATE = (
@@ -54,6 +59,7 @@ CHAT_TEMPLATE = (
     "{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -74,6 +80,12 @@ class ModelBundle:
     def is_multimodal(self) -> bool:
         return self.processor is not None
 
+    @property
+    def media_kinds(self) -> set[str]:
+        """The media kinds the model's processor reads: image, video and/or audio."""
+        attributes = {"image": "image_processor", "video": "video_processor", "audio": "feature_extractor"}
+        return {kind for kind, name in attributes.items() if getattr(self.processor, name, None) is not None}
+
     def _ids_of(self, names) -> set[int]:
         """Ids of the tokens among `names` that this tokenizer has (unknown names map to unk or None)."""
         ids = {self.tokenizer.convert_tokens_to_ids(name) for name in names}
@@ -87,7 +99,7 @@ class ModelBundle:
 
     def media_token_ids(self) -> list[int]:
         """Media placeholder ids: the model must never sample them (contract 6)."""
-        return sorted(self._ids_of([*MEDIA_TOKENS, "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|image|>"]))
+        return sorted(self._ids_of([*MEDIA_TOKENS, "<|image|>"]))
 
     def suppressed_ids(self) -> list[int]:
         """Everything the sampler must never emit: media placeholders, and the padding rows some
@@ -143,18 +155,35 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
         pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL_TOKENS[1:],
     )
+    fast.add_tokens(AUDIO_TOKENS, special_tokens=True)
     fast.chat_template = CHAT_TEMPLATE
     fast.image_token = "<|image_pad|>"
     fast.video_token = "<|video_pad|>"
+    fast.audio_token, fast.audio_bos_token, fast.audio_eos_token = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
     return fast
 
 
 def build_tiny(spec: ModelConfig, tokenizer: PreTrainedTokenizerFast, image_args: dict | None = None) -> ModelBundle:
     """A random-init model of `spec.family` sized by `spec`, reading `tokenizer`'s ids."""
-    vocab = len(tokenizer)
-    head_dim = spec.hidden_size // spec.num_heads
-    text = dict(
-        vocab_size=vocab,
+    text = _text_config(spec, tokenizer)
+    torch.manual_seed(spec.seed)
+    if spec.family in ("qwen2", "qwen3"):
+        config_class = Qwen2Config if spec.family == "qwen2" else Qwen3Config
+        extra = {"head_dim": spec.hidden_size // spec.num_heads} if spec.family == "qwen3" else {}
+        config = config_class(**text, **extra)
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[spec.dtype])
+        return ModelBundle(model.eval(), tokenizer, None)
+    if spec.family == "qwen2_audio":
+        config, processor = _tiny_audio_parts(spec, tokenizer, text)
+    else:
+        config, processor = _tiny_vision_parts(spec, tokenizer, text, image_args or {})
+    model = AutoModelForMultimodalLM.from_config(config, dtype=DTYPES[spec.dtype])
+    return ModelBundle(model.eval(), tokenizer, processor)
+
+
+def _text_config(spec: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> dict:
+    return dict(
+        vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,
@@ -166,17 +195,14 @@ def build_tiny(spec: ModelConfig, tokenizer: PreTrainedTokenizerFast, image_args
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(spec.seed)
-    if spec.family in ("qwen2", "qwen3"):
-        config_class = Qwen2Config if spec.family == "qwen2" else Qwen3Config
-        extra = {"head_dim": head_dim} if spec.family == "qwen3" else {}
-        config = config_class(**text, **extra)
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[spec.dtype])
-        return ModelBundle(model.eval(), tokenizer, None)
+
+
+def _tiny_vision_parts(spec: ModelConfig, tokenizer, text: dict, image_args: dict) -> tuple[Any, Any]:
+    """Qwen2-VL / Qwen2.5-VL config and processor (images and videos)."""
     # M-RoPE splits each head's rotary half into temporal/height/width sections.
-    half = head_dim // 2
+    half = spec.hidden_size // spec.num_heads // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
+    text = {**text, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}}
     vision = dict(depth=spec.vision_depth, num_heads=spec.vision_heads, hidden_size=spec.hidden_size)
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _VISION_IDS.items()}
     if spec.family == "qwen2_vl":
@@ -192,15 +218,36 @@ def build_tiny(spec: ModelConfig, tokenizer: PreTrainedTokenizerFast, image_args
         )
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
         processor_class = Qwen2_5_VLProcessor
-    model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[spec.dtype])
-    image_processor = Qwen2VLImageProcessor(**_image_processor_args(image_args or {}))
     processor = processor_class(
-        image_processor=image_processor,
-        video_processor=Qwen2VLVideoProcessor(),
+        image_processor=Qwen2VLImageProcessor(**_image_processor_args(image_args)),
+        # processors/video.py already sampled and sized the frames (multiples of 28): bounds wide enough
+        # that the model's processor keeps them as they are.
+        video_processor=Qwen2VLVideoProcessor(
+            min_pixels=28 * 28, max_pixels=16384 * 28 * 28, do_sample_frames=False, cap_pixels_per_frame=False
+        ),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
-    return ModelBundle(model.eval(), tokenizer, processor)
+    return config, processor
+
+
+def _tiny_audio_parts(spec: ModelConfig, tokenizer, text: dict) -> tuple[Any, Any]:
+    """Qwen2-Audio config and processor: a Whisper-style encoder on WhisperFeatureExtractor log-mels."""
+    # Whisper pads (or cuts) every clip to `chunk_length` seconds: 100 mel frames per second, halved by
+    # the encoder's strided conv, so the encoder needs 50 positions per second.
+    features = WhisperFeatureExtractor(feature_size=80, chunk_length=spec.audio_seconds)
+    audio = dict(
+        d_model=spec.audio_hidden_size,
+        encoder_layers=spec.audio_layers,
+        encoder_attention_heads=spec.audio_heads,
+        encoder_ffn_dim=2 * spec.audio_hidden_size,
+        num_mel_bins=features.feature_size,
+        max_source_positions=features.nb_max_frames // 2,
+    )
+    audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    config = Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_id=audio_id, tie_word_embeddings=False)
+    processor = Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    return config, processor
 
 
 _VISION_IDS = {
@@ -220,7 +267,7 @@ def _image_processor_args(image_args: dict) -> dict:
 
 
 def load_pretrained(spec: ModelConfig) -> ModelBundle:
-    """A model directory or hub id: image-text-to-text models with their processor, else a causal LM."""
+    """A model directory or hub id: multimodal models (image, video, audio) with their processor, else a causal LM."""
     trust = spec.trust_remote_code
     config = AutoConfig.from_pretrained(spec.path, trust_remote_code=trust)
     dtype = DTYPES[spec.dtype]
@@ -228,7 +275,7 @@ def load_pretrained(spec: ModelConfig) -> ModelBundle:
     # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when it is unpickled.
     weights = dict(dtype=dtype, trust_remote_code=trust, use_safetensors=True)
     if multimodal:
-        model = AutoModelForImageTextToText.from_pretrained(spec.path, **weights)
+        model = AutoModelForMultimodalLM.from_pretrained(spec.path, **weights)
         processor = AutoProcessor.from_pretrained(spec.path, trust_remote_code=trust)
         return ModelBundle(model.eval(), processor.tokenizer, processor)
     model = AutoModelForCausalLM.from_pretrained(spec.path, **weights)

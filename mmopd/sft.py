@@ -31,11 +31,14 @@ def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | N
     """Fine-tune `config.sft.target` on answers; the loop saves the result as a model directory in `run_dir/final`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     build_network_policy(config)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     task, processors = build_task(config.data), build_processors(config.data)
     if config.sft.target == "teacher":
         tokenizer = None if config.teacher.model.path else build_tokenizer(config, task)
         bundle = build_teacher_model(config.teacher.model, tokenizer, config, trainable=True)
         messages_for = text_view_messages if config.teacher.view == "text" else student_messages
+        processors = build_processors(config.data, config.teacher.processor_args)
     else:
         bundle, _ = build_student_and_tokenizer(config, task)
         messages_for = student_messages

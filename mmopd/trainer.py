@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mmopd.blind_check import blind_check_from_config
 from mmopd.build import Parts, build_parts
 from mmopd.checkpoint import (
     latest_checkpoint,
@@ -46,14 +47,18 @@ def train(config: Config, run_dir: Path, resume: bool = False, stop_after: int |
     """On-policy distillation of `config.student` from `config.teacher`; returns the run summary."""
     parts = build_parts(config, run_dir, with_teacher=True)
     task, student = parts.task, parts.student
+    blind_check = blind_check_from_config(parts, config)  # "does the teacher see the media?"
+    unlogged = dict(blind_check)  # goes into the first step's record of this session
 
     def step_fn(step: int, samples: list[Sample]) -> dict[str, Any]:
-        return opd_step(parts, samples, config)
+        record = {**opd_step(parts, samples, config), **unlogged}
+        unlogged.clear()
+        return record
 
     def eval_fn() -> dict[str, float]:
         return parts.evaluate(student, student_messages)
 
-    return run_loop(
+    result = run_loop(
         config,
         run_dir,
         resume,
@@ -65,6 +70,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, stop_after: int |
         config.train.lr,
         config.train.warmup_steps,
     )
+    return {**result, **blind_check}
 
 
 def run_loop(

@@ -11,7 +11,9 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+import torchaudio
 from torch.func import functional_call
 
 from mmopd.models import ModelBundle, final_hidden_states
@@ -83,6 +85,16 @@ def has_media_parts(messages: list[dict]) -> bool:
     )
 
 
+def media_part_kinds(messages: list[dict]) -> set[str]:
+    return {
+        part["type"]
+        for m in messages
+        if isinstance(m["content"], list)
+        for part in m["content"]
+        if part["type"] in MEDIA_PART_TYPES
+    }
+
+
 def prepare(sample: Sample, messages: list[dict], bundle: ModelBundle, processors: dict[str, Any]) -> Prepared:
     """Decode the media the messages refer to and render the prompt with the model's template."""
     if sample.error is not None:
@@ -91,6 +103,9 @@ def prepare(sample: Sample, messages: list[dict], bundle: ModelBundle, processor
     wants_media = has_media_parts(messages)
     if wants_media and not bundle.is_multimodal:
         raise SampleError(f"sample {sample.id!r}: a text-only model cannot read media")
+    unreadable = media_part_kinds(messages) - bundle.media_kinds if wants_media else set()
+    if unreadable:
+        raise SampleError(f"sample {sample.id!r}: the model cannot read {' or '.join(sorted(unreadable))} media")
     text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if not text.strip() or not any(_message_text(m).strip() for m in messages):
         raise SampleError(f"sample {sample.id!r}: empty prompt")
@@ -118,13 +133,43 @@ def collate(prepared: list[Prepared], bundle: ModelBundle) -> dict[str, torch.Te
     if not bundle.is_multimodal:
         encoded = bundle.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return {key: value.to(device) for key, value in encoded.items()}
-    kwargs = {}
-    for kind, key in (("image", "images"), ("video", "videos"), ("audio", "audio")):
-        items = [item for p in prepared for item in p.media.get(kind, [])]
-        if items:
-            kwargs[key] = items
+    kwargs = media_inputs(prepared, bundle.processor)
     encoded = bundle.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
     return {key: value.to(device) for key, value in encoded.items()}
+
+
+def media_inputs(prepared: list[Prepared], processor: Any) -> dict[str, Any]:
+    """The batch's media as keyword arguments of a Hugging Face processor, in prompt order.
+
+    Videos go with their metadata, so the processor knows the sampled frames' fps (Qwen2.5-VL turns it
+    into seconds per temporal patch for M-RoPE), and are neither resampled nor resized again. Audio is
+    resampled to the model's own feature extractor rate (the processor would refuse any other)."""
+    kwargs: dict[str, Any] = {}
+    images = [item for p in prepared for item in p.media.get("image", [])]
+    if images:
+        kwargs["images"] = images
+    videos = [item for p in prepared for item in p.media.get("video", [])]
+    if videos:
+        kwargs["videos"] = [clip.frames for clip in videos]
+        kwargs["video_metadata"] = [clip.metadata() for clip in videos]
+        # The frames are sampled and sized already: pixel bounds that keep every frame as it is, whatever
+        # a checkpoint's processor would otherwise resize to (e.g. at least 128 * 28 * 28 pixels).
+        areas = [clip.frames.shape[2] * clip.frames.shape[3] for clip in videos]
+        size = {"shortest_edge": min(areas), "longest_edge": max(areas)}
+        kwargs["videos_kwargs"] = {"size": size, "do_sample_frames": False}
+    audios = [item for p in prepared for item in p.media.get("audio", [])]
+    if audios:
+        rate = processor.feature_extractor.sampling_rate
+        kwargs["audio"] = [_resampled(clip.waveform, clip.sampling_rate, rate) for clip in audios]
+        kwargs["sampling_rate"] = rate
+    return kwargs
+
+
+def _resampled(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return waveform
+    resampled = torchaudio.functional.resample(torch.from_numpy(waveform), rate, target)  # (S',)
+    return resampled.numpy()
 
 
 def prompt_lengths(inputs: dict[str, torch.Tensor]) -> list[int]:

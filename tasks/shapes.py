@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from mmopd.registry import TASKS
 from mmopd.sample import MediaRef, Sample
 from mmopd.tasks import LazySamples, normalise_answer
+from mmopd.tasks import check_choices as _check_choices
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (220, 20, 20),
@@ -129,11 +130,3 @@ class ShapesTask:
 
 def _describe(colour: str, shape: str) -> str:
     return f"The image shows a {colour} {shape}."
-
-
-def _check_choices(field_name: str, chosen: tuple[str, ...], known: Sequence[str] | dict[str, object]) -> None:
-    if not chosen:
-        raise ValueError(f"{field_name} must not be empty")
-    unknown = [item for item in chosen if item not in known]
-    if unknown:
-        raise ValueError(f"unknown {field_name} {unknown}; known: {', '.join(known)}")
