@@ -105,8 +105,13 @@ class TeacherConfig:
     signal: str = "hidden"
     """hidden (final-norm hidden states + output head; the loss recomputes logits) | sampled (teacher
     logprob of each sampled token only; only the policy-gradient loss can use it)."""
+    tokenizer: str = "student"
+    """Tokenizer of a tiny teacher (a loaded `model.path` brings its own): student (the student's) | bpe:N (a
+    byte-level BPE of N tokens trained on the task's text) | qwen (the real Qwen2 vocabulary). When
+    it differs from the student's, the teacher scores the sampled bytes and the loss follows the byte alignment."""
 
     def __post_init__(self):
+        check_tokenizer_name(self.tokenizer)
         if self.kind not in ("model", "self"):
             raise ConfigError(f"teacher.kind must be model or self, got {self.kind!r}")
         if self.view not in ("text", "media"):
@@ -115,6 +120,22 @@ class TeacherConfig:
             raise ConfigError(f"teacher.self_weights must be live or frozen, got {self.self_weights!r}")
         if self.signal not in ("hidden", "sampled"):
             raise ConfigError(f"teacher.signal must be hidden or sampled, got {self.signal!r}")
+        if self.kind == "self" and self.tokenizer != "student":
+            raise ConfigError(
+                "an OPSD teacher (teacher.kind=self) reads the student's tokenizer; set teacher.tokenizer=student"
+            )
+
+
+def check_tokenizer_name(name: str) -> None:
+    """student | qwen | bpe:N; anything else is a ConfigError naming the choices."""
+    if name in ("student", "qwen"):
+        return
+    kind, _, size = name.partition(":")
+    if kind == "bpe" and size.isdigit() and int(size) >= 264:
+        return
+    raise ConfigError(
+        f"teacher.tokenizer must be student, qwen or bpe:N (N ≥ 264: 256 bytes and 8 specials); got {name!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -144,10 +165,17 @@ class LossConfig:
     """Tokens per logits chunk inside the loss: peak memory is chunk_size × vocab floats."""
     clip_ratio: float = 0.2
     """policy_gradient: PPO clip range of the importance ratio."""
+    cross_tokenizer: str = "shared"
+    """Loss tier when the teacher's tokenizer differs (kind divergence; policy_gradient always uses exact chunk
+    log-likelihoods): shared (exact: the divergence over shared ids + one "other" bucket at 1:1 chunks, the
+    binarised chunk-likelihood divergence elsewhere) | alm (chunk likelihoods only) | uld | gold (approximate
+    baselines: sorted-probability ULD; GOLD's shared-ids divergence + ULD on the rest)."""
 
     def __post_init__(self):
         if self.kind not in ("divergence", "policy_gradient"):
             raise ConfigError(f"loss.kind must be divergence or policy_gradient, got {self.kind!r}")
+        if self.cross_tokenizer not in ("shared", "alm", "uld", "gold"):
+            raise ConfigError(f"loss.cross_tokenizer must be shared, alm, uld or gold, got {self.cross_tokenizer!r}")
 
 
 @dataclass(frozen=True)

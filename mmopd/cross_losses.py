@@ -8,6 +8,7 @@ boundaries meet. Exact: chunk log-likelihoods by the chain rule (sampled path), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,11 +87,30 @@ def chunk_policy_gradient_loss(
     loss, stats = policy_gradient_loss(
         student_logprobs, student_logprobs.detach() + advantage, behaviour_logprobs, weights, clip_ratio
     )
-    with torch.no_grad():
-        tokens_per_chunk = chunk_sums(torch.ones_like(student_logprobs), student_chunk, num_chunks)[student_chunk]
-        # Each chunk's sampled KL once (shared among its student tokens), as the same-tokenizer stat.
-        stats["reverse_kl"] = (weights.to(dtype) * -advantage / tokens_per_chunk).sum()
+    stats["reverse_kl"] = sampled_chunk_kl(
+        student_logprobs, teacher_logprobs, weights, student_chunk, teacher_chunk, num_chunks
+    )
     return loss, stats
+
+
+@torch.no_grad()
+def sampled_chunk_kl(
+    student_logprobs: Tensor,
+    teacher_logprobs: Tensor,
+    weights: Tensor,
+    student_chunk: Tensor,
+    teacher_chunk: Tensor,
+    num_chunks: int,
+) -> Tensor:
+    """EXACT sampled-path estimate of the reverse KL: Σ_chunks (log p_S − log p_T)(chunk), each chunk once,
+    weighted by the mean weight of its student tokens (with one tokenizer: Σ_i w_i (log p_S − log p_T)_i).
+    The same quantity for every tier, so runs with different tiers compare on it."""
+    dtype = torch.promote_types(student_logprobs.dtype, torch.float32)
+    student_sums = chunk_sums(student_logprobs.detach().to(dtype), student_chunk, num_chunks)  # (K,)
+    teacher_sums = chunk_sums(teacher_logprobs.detach().to(dtype), teacher_chunk, num_chunks)  # (K,)
+    tokens = chunk_sums(torch.ones_like(student_logprobs, dtype=dtype), student_chunk, num_chunks)  # (K,)
+    mean_weight = chunk_sums(weights.to(dtype), student_chunk, num_chunks) / tokens.clamp_min(1.0)  # (K,)
+    return (mean_weight * (student_sums - teacher_sums)).sum()
 
 
 def chunk_likelihood_divergence(
@@ -140,6 +160,17 @@ def with_other_bucket(logprobs: Tensor, shared_ids: Tensor, other: Tensor, add_b
     else:
         rest = logprobs.new_full((logprobs.shape[0], 1), float("-inf"))  # (n, 1)
     return torch.cat([shared, rest], dim=-1)  # (n, S + 1)
+
+
+def bucket_divergence_is_finite(vocab: SharedVocab, divergence: str, beta: float) -> bool:
+    """Whether `divergence` stays finite when one side's bucket is structurally empty (its vocabulary lies
+    inside the map) and the other's is not: e.g. reverse KL is infinite with an empty teacher bucket."""
+    student_other, teacher_other = bool(vocab.student_other.any()), bool(vocab.teacher_other.any())
+    if student_other == teacher_other:
+        return True
+    half, empty = torch.tensor([[-math.log(2.0)] * 2]), torch.tensor([[0.0, float("-inf")]])  # (1, 2)
+    probe = LOSSES.get(divergence)(half if student_other else empty, half if teacher_other else empty, beta)
+    return bool(probe.abs() < 1e3)
 
 
 def shared_plus_other(
@@ -204,15 +235,10 @@ def _pair_chunk(
     with torch.no_grad():
         teacher_logprobs = _logprobs(teacher_hidden, teacher_head_weight, teacher_head_bias, temperature)
     per_row = pair_loss(student_logprobs, teacher_logprobs, vocab, divergence, beta)  # (n,)
-    weights = weights.to(per_row.dtype)
     with torch.no_grad():
-        exact = per_row if pair_loss is shared_plus_other and divergence == "reverse_kl" else None
-        if exact is None:
-            exact = shared_plus_other(student_logprobs, teacher_logprobs, vocab, "reverse_kl", beta)
         student_mass = student_logprobs[:, vocab.student_ids].logsumexp(-1).exp().sum()
         teacher_mass = teacher_logprobs[:, vocab.teacher_ids].logsumexp(-1).exp().sum()
-        stats = torch.stack([(weights * exact).sum(), student_mass, teacher_mass])  # (3,)
-    return (weights * per_row).sum(), stats
+    return (weights.to(per_row.dtype) * per_row).sum(), torch.stack([student_mass, teacher_mass])
 
 
 def chunked_pair_loss(
@@ -234,9 +260,8 @@ def chunked_pair_loss(
 
     Rows are paired positions that condition on the same bytes (1:1 chunks for `tier="shared"`, chunk starts
     for the baselines). Teacher logits are recomputed from its hidden states and head one checkpointed chunk
-    of `chunk_size` rows at a time (no rows × vocabulary tensor for the batch). Stats (detached): `kl`,
-    Σ weights · KL(p_S || p_T) of the (shared + 1)-way distributions; `student_shared_mass` and
-    `teacher_shared_mass`, the summed probability of shared ids over rows; `rows`, the row count.
+    of `chunk_size` rows at a time (no rows × vocabulary tensor for the batch). Stats (detached):
+    `student_shared_mass` and `teacher_shared_mass`, the probability on shared ids summed over rows; `rows`.
     """
     if teacher_hidden.shape[0] != student_hidden.shape[0] or weights.shape != student_hidden.shape[:1]:
         raise ValueError(
@@ -244,7 +269,12 @@ def chunked_pair_loss(
             f"weights {tuple(weights.shape)}"
         )
     pair_loss = PAIR_LOSSES[tier]
-    LOSSES.get(divergence)  # an unknown name fails here, not inside a checkpointed chunk
+    if tier == "shared" and not bucket_divergence_is_finite(vocab, divergence, beta):
+        raise ValueError(
+            f"loss.divergence={divergence} is infinite on these vocabularies: one side has no ids outside the "
+            "shared vocabulary, so its 'other' bucket is exactly 0 where the other side's is not; use jsd, tv or "
+            "skew_reverse_kl, loss.cross_tokenizer=alm, or loss.kind=policy_gradient"
+        )
     teacher_head_weight = teacher_head_weight.detach()
     teacher_head_bias = None if teacher_head_bias is None else teacher_head_bias.detach()
     losses, stats = [], []
@@ -268,14 +298,31 @@ def chunked_pair_loss(
         )
         losses.append(loss)
         stats.append(chunk_stats)
-    kl, student_mass, teacher_mass = torch.stack(stats).sum(0).detach()
+    student_mass, teacher_mass = torch.stack(stats).sum(0).detach()
     rows = torch.tensor(float(student_hidden.shape[0]))
     return torch.stack(losses).sum(), {
-        "kl": kl,
         "student_shared_mass": student_mass,
         "teacher_shared_mass": teacher_mass,
         "rows": rows,
     }
+
+
+@torch.no_grad()
+def shared_mass(
+    hidden: Tensor,
+    head_weight: Tensor,
+    head_bias: Tensor | None,
+    shared_ids: Tensor,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Σ over rows of the probability put on the shared ids (a diagnostic: how much of each distribution the
+    exact tier sees by name rather than in the bucket), one chunk of rows at a time."""
+    total = torch.zeros((), device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_size):
+        logprobs = _logprobs(hidden[start : start + chunk_size], head_weight, head_bias, temperature)  # (n, V)
+        total += logprobs[:, shared_ids].logsumexp(-1).exp().sum()
+    return total
 
 
 def paired_rows(alignment_student_chunk: Tensor, alignment_teacher_chunk: Tensor, chunks: Tensor) -> tuple:

@@ -14,7 +14,7 @@ from mmopd.build import (
     build_student_and_tokenizer,
     build_task,
     build_teacher_model,
-    build_tokenizer,
+    build_teacher_tokenizer,
     evaluate_on_task,
     report_skip,
 )
@@ -31,7 +31,7 @@ def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | N
     run_dir.mkdir(parents=True, exist_ok=True)
     task, processors = build_task(config.data), build_processors(config.data)
     if config.sft.target == "teacher":
-        tokenizer = None if config.teacher.model.path else build_tokenizer(config, task)
+        tokenizer = None if config.teacher.model.path else build_teacher_tokenizer(config, task, None)
         bundle = build_teacher_model(config.teacher.model, tokenizer, config, trainable=True)
         messages_for = text_view_messages if config.teacher.view == "text" else student_messages
     else:

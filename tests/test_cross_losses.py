@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mmopd.cross_losses import (
+    bucket_divergence_is_finite,
     chunk_likelihood_divergence,
     chunk_policy_gradient_loss,
     chunk_sums,
@@ -177,3 +178,18 @@ def test_sampled_chunk_logprobs_follow_the_chain_rule_on_real_heads():
     sums = chunk_sums(tokens, chunks, 4)
     expected = torch.stack([tokens[chunks == c].sum() for c in range(4)])
     assert torch.allclose(sums, expected) and (sums <= 0).all()
+
+
+def test_an_empty_bucket_on_one_side_refuses_divergences_that_would_be_infinite():
+    teacher_inside = shared_vocab(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), 5, 3)  # teacher ⊂ student
+    student_inside = shared_vocab(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), 3, 5)
+    assert not bucket_divergence_is_finite(teacher_inside, "reverse_kl", 0.5)
+    assert bucket_divergence_is_finite(teacher_inside, "forward_kl", 0.5)
+    assert bucket_divergence_is_finite(student_inside, "reverse_kl", 0.5)
+    assert not bucket_divergence_is_finite(student_inside, "forward_kl", 0.5)
+    assert all(bucket_divergence_is_finite(v, "jsd", 0.5) for v in (teacher_inside, student_inside))
+    (hidden, weight), (teacher_hidden, teacher_weight) = heads(student_vocab=5, teacher_vocab=3)
+    with pytest.raises(ValueError, match="infinite"):
+        chunked_pair_loss(
+            hidden, weight, None, teacher_hidden, teacher_weight, None, torch.ones(N), teacher_inside, "shared"
+        )
