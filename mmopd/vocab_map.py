@@ -1,0 +1,82 @@
+"""The tokens two vocabularies share: student id ↔ teacher id with identical canonical bytes.
+
+Tokens are compared as bytes, not strings (X-Token shows string matching fails on numerals and on
+`▁` versus `Ġ` spaces); special tokens have no bytes and are matched by name, and the two end-of-turn
+tokens are paired explicitly. The map is one-to-one, so identical tokenizers give the identity.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from mmopd.byte_table import ByteTable, byte_table
+
+
+@dataclass(frozen=True)
+class VocabMap:
+    """Pairs of ids with the same bytes (or the same special-token name), sorted by student id."""
+
+    student_ids: torch.Tensor  # (S,) long
+    teacher_ids: torch.Tensor  # (S,) long
+
+    def __len__(self) -> int:
+        return len(self.student_ids)
+
+
+_MAPS: dict[tuple[int, int], tuple[weakref.ref, weakref.ref, int, int, VocabMap]] = {}
+
+
+def vocab_map(student_tokenizer, teacher_tokenizer) -> VocabMap:
+    """The shared vocabulary of two tokenizers, computed once per pair of tokenizer objects."""
+    key = (id(student_tokenizer), id(teacher_tokenizer))
+    cached = _MAPS.get(key)
+    sizes = (len(student_tokenizer), len(teacher_tokenizer))
+    if (
+        cached is None
+        or cached[0]() is not student_tokenizer
+        or cached[1]() is not teacher_tokenizer
+        or cached[2:4] != sizes
+    ):
+        pairs = shared_ids(
+            byte_table(student_tokenizer),
+            byte_table(teacher_tokenizer),
+            (student_tokenizer.eos_token_id, teacher_tokenizer.eos_token_id),
+        )
+        pairs.sort()
+        ids = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)  # (S, 2)
+        cached = (
+            weakref.ref(student_tokenizer),
+            weakref.ref(teacher_tokenizer),
+            *sizes,
+            VocabMap(ids[:, 0], ids[:, 1]),
+        )
+        _MAPS[key] = cached
+    return cached[4]
+
+
+def shared_ids(
+    student: ByteTable, teacher: ByteTable, end_tokens: tuple[int | None, int | None]
+) -> list[tuple[int, int]]:
+    """(student id, teacher id) pairs: ordinary ids with equal bytes, paired in order of preference
+    (real pieces before `<0xNN>` byte fallback, then lowest id); specials with equal names; the two
+    end-of-turn tokens with each other when their names differ."""
+    pairs = []
+    teacher_groups = teacher.by_bytes
+    for piece, student_ids in student.by_bytes.items():
+        pairs += zip(student_ids, teacher_groups.get(piece, ()))
+    pairs += [
+        (i, teacher.special_names[name]) for name, i in student.special_names.items() if name in teacher.special_names
+    ]
+    student_end, teacher_end = end_tokens
+    paired_students, paired_teachers = {s for s, _ in pairs}, {t for _, t in pairs}
+    if (
+        student_end is not None
+        and teacher_end is not None
+        and student_end not in paired_students
+        and teacher_end not in paired_teachers
+    ):
+        pairs.append((student_end, teacher_end))
+    return pairs
