@@ -26,6 +26,7 @@ from mmopd.registry import PROCESSORS, TASKS
 from mmopd.rollout import RolloutEngine, build_engine
 from mmopd.sample import Sample
 from mmopd.teacher import Teacher, build_teacher
+from mmopd.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -100,13 +101,15 @@ def build_tokenizer(config: Config, task: Any):
 
 
 def build_teacher_tokenizer(config: Config, task: Any, student_tokenizer: Any):
-    """A tiny teacher's tokenizer (`teacher.tokenizer`): the student's, a BPE of another size, or the Qwen2 one."""
+    """A tiny teacher's tokenizer (`teacher.tokenizer`): the student's, a BPE of another size, or a named one."""
     name = config.teacher.tokenizer
     if name == "student":
         return student_tokenizer if student_tokenizer is not None else build_tokenizer(config, task)
     if name == "qwen":
         return qwen_tokenizer()
-    return train_bpe_tokenizer(task.corpus(), int(name.partition(":")[2]))
+    if name.startswith("bpe:"):
+        return train_bpe_tokenizer(task.corpus(), int(name.partition(":")[2]))
+    return load_tokenizer(name)
 
 
 def build_student_and_tokenizer(config: Config, task: Any) -> tuple[ModelBundle, Any]:

@@ -107,7 +107,8 @@ class TeacherConfig:
     logprob of each sampled token only; only the policy-gradient loss can use it)."""
     tokenizer: str = "student"
     """Tokenizer of a tiny teacher (a loaded `model.path` brings its own): student (the student's) | bpe:N (a
-    byte-level BPE of N tokens trained on the task's text) | qwen (the real Qwen2 vocabulary). When
+    byte-level BPE of N tokens trained on the task's text) | qwen | a named tokenizer of mmopd.tokenizers (qwen2,
+    cl100k, mistral-v1, mistral-v3, tekken). When
     it differs from the student's, the teacher scores the sampled bytes and the loss follows the byte alignment."""
 
     def __post_init__(self):
@@ -127,15 +128,17 @@ class TeacherConfig:
 
 
 def check_tokenizer_name(name: str) -> None:
-    """student | qwen | bpe:N; anything else is a ConfigError naming the choices."""
-    if name in ("student", "qwen"):
-        return
+    """student | qwen | bpe:N | a named tokenizer; anything else is a ConfigError naming the choices."""
     kind, _, size = name.partition(":")
-    if kind == "bpe" and size.isdigit() and int(size) >= 264:
+    if name in ("student", "qwen") or (kind == "bpe" and size.isdigit() and int(size) >= 264):
         return
-    raise ConfigError(
-        f"teacher.tokenizer must be student, qwen or bpe:N (N ≥ 264: 256 bytes and 8 specials); got {name!r}"
-    )
+    from mmopd.tokenizers import NAMED  # here: mmopd.tokenizers imports the models, which import this module
+
+    if name not in NAMED:
+        raise ConfigError(
+            f"teacher.tokenizer must be student, qwen, bpe:N (N ≥ 264: 256 bytes and 8 specials) or one of "
+            f"{', '.join(sorted(NAMED))}; got {name!r}"
+        )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ metrics. Maps student and teacher rows through the byte alignment and picks the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +26,7 @@ from mmopd.models import ModelBundle, output_head
 from mmopd.sample import Rollout, TeacherSignal
 from mmopd.views import completion_hidden_states
 
-MASS_KEYS = ("student_shared_mass", "teacher_shared_mass", "rows")
+MASS_KEYS = ("student_shared_mass", "teacher_shared_mass")
 
 
 def supervised_tokens(rollouts: list[Rollout], signal: TeacherSignal) -> int:
@@ -189,24 +188,15 @@ def _kept_rows(completions: list[list[int]], kept: list[bool]) -> list[int]:
 
 
 def alignment_metrics(signals: list[TeacherSignal], totals: dict[str, float]) -> dict[str, float]:
-    """The step's aligned byte coverage, 1:1 chunk ratio and mean shared-vocabulary mass (empty for one
-    tokenizer). Pops the summed mass statistics from `totals`."""
-    alignments = [s.cross.alignment for s in signals if s.cross is not None and s.cross.alignment is not None]
-    if not any(s.cross is not None for s in signals):
+    """The step's aligned byte coverage (bytes of aligned rollouts / all completion bytes), 1:1 chunk ratio and
+    mean shared-vocabulary mass at 1:1 chunks; empty with one tokenizer. Pops the summed masses from `totals`."""
+    views = [s.cross for s in signals if s.cross is not None]
+    if not views:
         return {}
     rows = totals.pop("rows", 0.0)
-    metrics = {key: totals.pop(key) / max(rows, 1.0) for key in MASS_KEYS[:2] if key in totals}
+    metrics = {key: totals.pop(key) / max(rows, 1.0) for key in MASS_KEYS if key in totals}
+    alignments = [v.alignment for v in views if v.alignment is not None]
     chunks = sum(a.num_chunks for a in alignments)
-    kept = sum(keep for s in signals for keep in s.cross.kept)
-    rollouts = sum(len(s.cross.kept) for s in signals)
     metrics["one_to_one_ratio"] = sum(int(a.one_to_one.sum()) for a in alignments) / max(chunks, 1)
-    metrics["aligned_fraction"] = kept / max(rollouts, 1)
-    metrics["byte_coverage"] = _coverage(alignments)
+    metrics["byte_coverage"] = sum(v.aligned_bytes for v in views) / max(sum(v.total_bytes for v in views), 1)
     return metrics
-
-
-def _coverage(alignments: list[Any]) -> float:
-    """Fraction of the aligned completions' bytes that lie in 1:1 chunks."""
-    spans = [(start, end, one) for a in alignments for (start, end), one in zip(a.chunk_bytes, a.one_to_one.tolist())]
-    total = sum(end - start for start, end, _ in spans)
-    return sum(end - start for start, end, one in spans if one) / total if total else 0.0

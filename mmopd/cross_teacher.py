@@ -71,6 +71,8 @@ class CrossTokenizerTeacher:
             vocab_map=vocab_map(self.student_tokenizer, self.teacher_tokenizer),
             kept=kept,
             dropped=dropped,
+            aligned_bytes=sum(len(r.completion_bytes) for r, keep in zip(rollouts, kept) if keep),
+            total_bytes=sum(len(r.completion_bytes) for r in rollouts),
         )
         if not teacher_ids:
             return TeacherSignal(kind="none", cross=view)

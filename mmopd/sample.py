@@ -78,6 +78,8 @@ class CrossTokenizerView:
     vocab_map: Any  # mmopd.align.VocabMap: student and teacher ids with the same canonical bytes
     kept: list[bool]
     dropped: list[str] = field(default_factory=list)
+    aligned_bytes: int = 0  # completion bytes of the kept rollouts
+    total_bytes: int = 0  # completion bytes of all the rollouts
 
 
 @dataclass

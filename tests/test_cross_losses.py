@@ -47,7 +47,7 @@ def identity(vocab):
 def test_identity_shared_tier_equals_same_tokenizer_loss_and_gradients(name, beta):
     (hidden, weight), (teacher_hidden, teacher_weight) = heads(student_vocab=VS, teacher_vocab=VS)
     weights = torch.full((N,), 1.0 / N)
-    same, same_kl = chunked_divergence(
+    same, _ = chunked_divergence(
         hidden, weight, None, teacher_hidden, teacher_weight, None, weights, name, beta, chunk_size=4
     )
     same_grads = torch.autograd.grad(same, (hidden, weight))
@@ -55,7 +55,7 @@ def test_identity_shared_tier_equals_same_tokenizer_loss_and_gradients(name, bet
         hidden, weight, None, teacher_hidden, teacher_weight, None, weights, identity(VS), "shared", name, beta, 4
     )
     cross_grads = torch.autograd.grad(cross, (hidden, weight))
-    assert torch.allclose(cross, same, atol=1e-6, rtol=0) and torch.allclose(stats["kl"], same_kl, atol=1e-6)
+    assert torch.allclose(cross, same, atol=1e-6, rtol=0)
     for a, b in zip(cross_grads, same_grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
     assert torch.allclose(stats["student_shared_mass"], torch.tensor(float(N)), atol=1e-5)
