@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         if name != "demo":
             sub.add_argument("config", help="YAML config file")
         sub.add_argument("overrides", nargs="*", help="a.b=value overrides")
+        if name == "demo":
+            sub.add_argument("--config", type=Path, help="another demo config (e.g. configs/demo_cross_tokenizer.yaml)")
         if name == "eval":
             sub.add_argument("--model", help="evaluate this model directory instead of the configured student")
         else:
@@ -68,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from mmopd.demo import demo
 
-        summary = demo(args.overrides, run_dir, args.resume)
+        summary = demo(args.overrides, run_dir, args.resume, args.config)
     else:
         config = load_config(args.config, args.overrides)
         from mmopd.demo import write_summary

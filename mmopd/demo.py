@@ -20,18 +20,20 @@ def demo_config_path() -> Path:
     return Path(str(files("mmopd.configs") / "demo.yaml"))
 
 
-def demo(overrides: list[str], run_dir: Path, resume: bool = False) -> dict[str, Any]:
+def demo(overrides: list[str], run_dir: Path, resume: bool = False, config_path: Path | None = None) -> dict[str, Any]:
+    """Teacher SFT, then OPD, on `config_path` (default: the packaged demo.yaml)."""
     began = time.perf_counter()
+    config_path = config_path or demo_config_path()
     teacher_dir = run_dir / "teacher_sft"
     teacher_summary_path = teacher_dir / "summary.json"
     if resume and teacher_summary_path.exists():
         teacher_summary = json.loads(teacher_summary_path.read_text())
     else:
-        config = load_config(demo_config_path(), [*overrides, "sft.target=teacher"])
+        config = load_config(config_path, [*overrides, "sft.target=teacher"])
         teacher_summary = sft(config, teacher_dir, resume=resume)
         write_summary(teacher_dir, teacher_summary)
     teacher_path = f"teacher.model.path={teacher_dir / 'final'}"
-    config = load_config(demo_config_path(), [*overrides, teacher_path])
+    config = load_config(config_path, [*overrides, teacher_path])
     summary = train(config, run_dir, resume=resume)
     plot_metrics(run_dir / "metrics.jsonl", run_dir / "plot.png")
     summary["teacher_accuracy"] = teacher_summary["accuracy_after"]

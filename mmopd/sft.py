@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mmopd.align import tokenize_exact
 from mmopd.build import (
     build_processors,
     build_student_and_tokenizer,
@@ -87,5 +88,6 @@ def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Con
 
 
 def answer_ids(bundle: ModelBundle, answer: str) -> list[int]:
-    """The answer's tokens and the end-of-turn token the model should learn to stop with."""
-    return bundle.tokenizer(answer, add_special_tokens=False)["input_ids"] + [bundle.tokenizer.eos_token_id]
+    """The answer's tokens and the end-of-turn token the model should learn to stop with. Tokenised exactly
+    (no SentencePiece dummy-prefix space), so a teacher with another tokenizer learns the bytes a student writes."""
+    return tokenize_exact(bundle.tokenizer, answer.encode("utf-8")) + [bundle.tokenizer.eos_token_id]
