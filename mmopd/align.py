@@ -181,3 +181,22 @@ def _encode_word(tokenizer, table: ByteTable, text: str, fallback: bool) -> list
     if produced == b" " + target and table.pieces[ids[0]][:1] == b" ":  # SentencePiece's dummy prefix
         return table.greedy(table.pieces[ids[0]][1:]) + ids[1:]
     return table.greedy(target) if fallback else None
+
+
+def chunk_last_positions(chunk: torch.Tensor, num_chunks: int) -> torch.Tensor:
+    """(K,) index of each chunk's last token: where the (non-decreasing, gap-free) chunk id changes."""
+    last = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)  # (N,)
+    last[:-1] = chunk[1:] != chunk[:-1]
+    positions = last.nonzero().squeeze(1)
+    if len(positions) != num_chunks:
+        raise ValueError(f"{num_chunks} chunks expected, the chunk ids hold {len(positions)}")
+    return positions
+
+
+def chunk_prefix_logprobs(
+    token_logprobs: torch.Tensor, chunk: torch.Tensor, last: torch.Tensor, num_chunks: int
+) -> torch.Tensor:
+    """(K,) log-probability of each chunk's tokens before its last one (a segment sum): by the chain rule,
+    the chunk's distribution is this plus the full log-distribution at its last position."""
+    totals = torch.zeros(num_chunks, dtype=token_logprobs.dtype, device=token_logprobs.device)
+    return totals.index_add_(0, chunk, token_logprobs) - token_logprobs[last]

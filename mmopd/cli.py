@@ -1,4 +1,5 @@
-"""`mmopd train | sft | eval | demo`: thin wrappers that load a config and call one function."""
+"""`mmopd train | sft | eval | demo | align | bench`: thin wrappers that load a config (or read their
+arguments) and call one function."""
 
 from __future__ import annotations
 
@@ -43,7 +44,32 @@ def _parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--run-dir", type=Path, help="run directory (default: a new one under runs/)")
             sub.add_argument("--resume", action="store_true", help="continue the run found in --run-dir")
+    _add_align_parser(commands.add_parser("align", help="align a student's and a teacher's tokens of a text"))
+    bench_kinds = commands.add_parser("bench", help="benchmarks that print measured figures").add_subparsers(
+        dest="kind", required=True
+    )
+    _add_bench_align_parser(bench_kinds.add_parser("align", help="alignment throughput, mmopd against TRL GOLD"))
     return parser
+
+
+def _add_align_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--student", required=True, help="a named tokenizer (qwen2, cl100k, ...) or a directory")
+    parser.add_argument("--teacher", required=True, help="a named tokenizer or a directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="the completion text")
+    source.add_argument("--file", type=Path, help="a UTF-8 file holding the completion text")
+    parser.add_argument("--student-ids", help="the student's sampled ids, comma-separated, instead of its tokenisation")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_bench_align_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--width", type=int, default=0, help="distribution columns (default: full vocabularies)")
+    parser.add_argument("--skip-merge", action="store_true", help="mmopd stops before (chunks × V) tensors")
+    parser.add_argument("--device", default="cpu", help="where the distributions live: cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both (1: steadier when shared)")
+    parser.add_argument("--batch-size", type=int, default=8, help="completions per micro-batch")
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per pair and framework")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         return _eval(args)
+    if args.command == "align":
+        from mmopd.align_report import run as run_align
+
+        return run_align(args)
+    if args.command == "bench":
+        from mmopd.align_bench import run as run_bench
+
+        return run_bench(args)
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir")
     run_dir = args.run_dir or _new_run_dir(args.command)
