@@ -30,6 +30,7 @@ from mmopd.registry import PROCESSORS, TASKS
 from mmopd.rollout import RolloutEngine, build_engine
 from mmopd.sample import Sample
 from mmopd.teacher import Teacher, build_teacher
+from mmopd.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -135,6 +136,18 @@ def build_tokenizer(config: Config, task: Any):
     return train_bpe_tokenizer(task.corpus(), config.tokenizer.vocab_size)
 
 
+def build_teacher_tokenizer(config: Config, task: Any, student_tokenizer: Any):
+    """A tiny teacher's tokenizer (`teacher.tokenizer`): the student's, a BPE of another size, or a named one."""
+    name = config.teacher.tokenizer
+    if name == "student":
+        return student_tokenizer if student_tokenizer is not None else build_tokenizer(config, task)
+    if name == "qwen":
+        return qwen_tokenizer()
+    if name.startswith("bpe:"):
+        return train_bpe_tokenizer(task.corpus(), int(name.partition(":")[2]))
+    return load_tokenizer(name)
+
+
 def build_student_and_tokenizer(config: Config, task: Any) -> tuple[ModelBundle, Any]:
     tokenizer = None if config.student.path else build_tokenizer(config, task)
     student = build_model(config.student, tokenizer, config.data.processor_args.get("image", {}), config.device)
@@ -152,7 +165,8 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
     teacher = teacher_model = None
     if with_teacher:
         if config.teacher.kind == "model":
-            teacher_model = build_teacher_model(config.teacher.model, tokenizer, config)
+            teacher_tokenizer = build_teacher_tokenizer(config, task, tokenizer)
+            teacher_model = build_teacher_model(config.teacher.model, teacher_tokenizer, config)
         teacher_processors = build_processors(config.data, config.teacher.processor_args)
         teacher = build_teacher(
             config.teacher,

@@ -130,8 +130,14 @@ class TeacherConfig:
     """Mean per-token KL (nats) between the media and blanked-media views under which the teacher counts as blind."""
     blind_probe_samples: int = 8
     """Training samples in the blind check's probe batch."""
+    tokenizer: str = "student"
+    """Tokenizer of a tiny teacher (a loaded `model.path` brings its own): student (the student's) | bpe:N (a
+    byte-level BPE of N tokens trained on the task's text) | qwen | a named tokenizer of mmopd.tokenizers (qwen2,
+    cl100k, mistral-v1, mistral-v3, tekken). When
+    it differs from the student's, the teacher scores the sampled bytes and the loss follows the byte alignment."""
 
     def __post_init__(self):
+        check_tokenizer_name(self.tokenizer)
         if self.blind_check not in ("warn", "stop", "off"):
             raise ConfigError(f"teacher.blind_check must be warn, stop or off, got {self.blind_check!r}")
         if self.kind not in ("model", "self"):
@@ -142,6 +148,24 @@ class TeacherConfig:
             raise ConfigError(f"teacher.self_weights must be live or frozen, got {self.self_weights!r}")
         if self.signal not in ("hidden", "sampled"):
             raise ConfigError(f"teacher.signal must be hidden or sampled, got {self.signal!r}")
+        if self.kind == "self" and self.tokenizer != "student":
+            raise ConfigError(
+                "an OPSD teacher (teacher.kind=self) reads the student's tokenizer; set teacher.tokenizer=student"
+            )
+
+
+def check_tokenizer_name(name: str) -> None:
+    """student | qwen | bpe:N | a named tokenizer; anything else is a ConfigError naming the choices."""
+    kind, _, size = name.partition(":")
+    if name in ("student", "qwen") or (kind == "bpe" and size.isdigit() and int(size) >= 264):
+        return
+    from mmopd.tokenizers import NAMED  # here: mmopd.tokenizers imports the models, which import this module
+
+    if name not in NAMED:
+        raise ConfigError(
+            f"teacher.tokenizer must be student, qwen, bpe:N (N ≥ 264: 256 bytes and 8 specials) or one of "
+            f"{', '.join(sorted(NAMED))}; got {name!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -171,10 +195,17 @@ class LossConfig:
     """Tokens per logits chunk inside the loss: peak memory is chunk_size × vocab floats."""
     clip_ratio: float = 0.2
     """policy_gradient: PPO clip range of the importance ratio."""
+    cross_tokenizer: str = "shared"
+    """Loss tier when the teacher's tokenizer differs (kind divergence; policy_gradient always uses exact chunk
+    log-likelihoods): shared (exact: the divergence over shared ids + one "other" bucket at 1:1 chunks, the
+    binarised chunk-likelihood divergence elsewhere) | alm (chunk likelihoods only) | uld | gold (approximate
+    baselines: sorted-probability ULD; GOLD's shared-ids divergence + ULD on the rest)."""
 
     def __post_init__(self):
         if self.kind not in ("divergence", "policy_gradient"):
             raise ConfigError(f"loss.kind must be divergence or policy_gradient, got {self.kind!r}")
+        if self.cross_tokenizer not in ("shared", "alm", "uld", "gold"):
+            raise ConfigError(f"loss.cross_tokenizer must be shared, alm, uld or gold, got {self.cross_tokenizer!r}")
 
 
 @dataclass(frozen=True)

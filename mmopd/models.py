@@ -8,6 +8,7 @@ Loaded weights come from safetensors only, a model directory's own code runs onl
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -279,8 +280,20 @@ def load_pretrained(spec: ModelConfig) -> ModelBundle:
         processor = AutoProcessor.from_pretrained(spec.path, trust_remote_code=trust)
         return ModelBundle(model.eval(), processor.tokenizer, processor)
     model = AutoModelForCausalLM.from_pretrained(spec.path, **weights)
-    tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=trust)
-    return ModelBundle(model.eval(), tokenizer, None)
+    return ModelBundle(model.eval(), load_tokenizer_dir(spec.path, trust), None)
+
+
+def load_tokenizer_dir(path: str, trust_remote_code: bool = False):
+    """AutoTokenizer, except for a generic `tokenizer.json` (a tiny model's, saved by mmopd): transformers 5
+    would rebuild that as the model type's class (a Mistral SentencePiece saved with a Qwen2 model comes back
+    as a byte-level Qwen2Tokenizer that tokenizes differently), so it is loaded as it was saved."""
+    config = Path(path) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") in _GENERIC_TOKENIZERS:
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def build_model(

@@ -71,6 +71,21 @@ class Rollout:
 
 
 @dataclass
+class CrossTokenizerView:
+    """How a teacher with another tokenizer saw a micro-batch of rollouts: its own completion ids, their
+    byte alignment to the student's sampled ids, the shared vocabulary, and which rollouts aligned. A rollout
+    whose two sides do not cover identical bytes is not kept; `dropped` says why (contract 3)."""
+
+    teacher_ids: torch.Tensor  # (N_t,) the teacher's completion ids of the kept rollouts, concatenated
+    alignment: Any  # mmopd.align.Alignment over the kept rollouts (chunk ids offset per rollout)
+    vocab_map: Any  # mmopd.align.VocabMap: student and teacher ids with the same canonical bytes
+    kept: list[bool]
+    dropped: list[str] = field(default_factory=list)
+    aligned_bytes: int = 0  # completion bytes of the kept rollouts
+    total_bytes: int = 0  # completion bytes of all the rollouts
+
+
+@dataclass
 class TeacherSignal:
     """The teacher's view of a batch of rollouts, flattened over supervised tokens (N in total,
     rollouts concatenated in order).
@@ -78,18 +93,22 @@ class TeacherSignal:
     kind "hidden": `hidden` (N, H) final-norm hidden states at the positions that predict each
     completion token, and the output head `head_weight` (V, H) / `head_bias` (V,), from which
     the loss recomputes teacher logits chunk by chunk.
-    kind "sampled": `logprobs` (N,) the teacher's log-probability of each sampled token."""
+    kind "sampled": `logprobs` (N,) the teacher's log-probability of each sampled token.
+    kind "none": no rollout of the batch could be aligned (only `cross` is set).
+    With another tokenizer, N counts the teacher's own tokens of the kept rollouts and `cross` says how
+    they align to the student's."""
 
     kind: str
     hidden: torch.Tensor | None = None
     head_weight: torch.Tensor | None = None
     head_bias: torch.Tensor | None = None
     logprobs: torch.Tensor | None = None
+    cross: CrossTokenizerView | None = None
 
     def num_bytes(self) -> int:
         """Bytes of per-token signal (the head is shipped once per model, not per token)."""
         tensor = self.hidden if self.kind == "hidden" else self.logprobs
-        return tensor.numel() * tensor.element_size()
+        return 0 if tensor is None else tensor.numel() * tensor.element_size()
 
 
 class MediaError(ValueError):

@@ -9,13 +9,14 @@ from typing import Any
 
 import torch
 
+from mmopd.align import tokenize_exact
 from mmopd.build import (
     build_network_policy,
     build_processors,
     build_student_and_tokenizer,
     build_task,
     build_teacher_model,
-    build_tokenizer,
+    build_teacher_tokenizer,
     evaluate_on_task,
     report_skip,
 )
@@ -35,7 +36,7 @@ def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | N
         torch.set_num_threads(config.train.threads)
     task, processors = build_task(config.data), build_processors(config.data)
     if config.sft.target == "teacher":
-        tokenizer = None if config.teacher.model.path else build_tokenizer(config, task)
+        tokenizer = None if config.teacher.model.path else build_teacher_tokenizer(config, task, None)
         bundle = build_teacher_model(config.teacher.model, tokenizer, config, trainable=True)
         messages_for = text_view_messages if config.teacher.view == "text" else student_messages
         processors = build_processors(config.data, config.teacher.processor_args)
@@ -94,5 +95,6 @@ def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Con
 
 
 def answer_ids(bundle: ModelBundle, answer: str) -> list[int]:
-    """The answer's tokens and the end-of-turn token the model should learn to stop with."""
-    return bundle.tokenizer(answer, add_special_tokens=False)["input_ids"] + [bundle.tokenizer.eos_token_id]
+    """The answer's tokens and the end-of-turn token the model should learn to stop with. Tokenised exactly
+    (no SentencePiece dummy-prefix space), so a teacher with another tokenizer learns the bytes a student writes."""
+    return tokenize_exact(bundle.tokenizer, answer.encode("utf-8")) + [bundle.tokenizer.eos_token_id]

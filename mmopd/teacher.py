@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmopd.config import TeacherConfig
+from mmopd.cross_teacher import CrossTokenizerTeacher, same_vocabulary
 from mmopd.losses import sampled_logprobs
 from mmopd.models import ModelBundle, output_head
-from mmopd.sample import Sample, TeacherSignal
+from mmopd.sample import Rollout, Sample, TeacherSignal
 from mmopd.views import (
     Prepared,
     collate,
@@ -35,13 +36,16 @@ class Teacher(Protocol):
     def prepare(self, sample: Sample) -> Prepared:
         """Render the sample in the teacher's own view; raises on a bad sample."""
 
-    def score(self, prepared: list[Prepared], completions: list[list[int]]) -> TeacherSignal:
-        """Score the sampled completions (student token ids) of prepared samples."""
+    def score(
+        self, prepared: list[Prepared], completions: list[list[int]], rollouts: list[Rollout] | None = None
+    ) -> TeacherSignal:
+        """Score the sampled completions (student token ids) of prepared samples; `rollouts` (their bytes and
+        finish reasons) are what a teacher with another tokenizer reads instead of the ids."""
 
 
 @dataclass
 class ModelTeacher:
-    """A separate teacher model that shares the student's tokenizer."""
+    """A separate teacher model scoring ids of its own tokenizer (the student's, or via CrossTokenizerTeacher)."""
 
     bundle: ModelBundle
     view: str  # "text" | "media"
@@ -55,7 +59,9 @@ class ModelTeacher:
         return prepare(sample, messages, self.bundle, self.processors)
 
     @torch.no_grad()
-    def score(self, prepared: list[Prepared], completions: list[list[int]]) -> TeacherSignal:
+    def score(
+        self, prepared: list[Prepared], completions: list[list[int]], rollouts: list[Rollout] | None = None
+    ) -> TeacherSignal:
         hidden = completion_hidden_states(self.bundle, collate(prepared, self.bundle), completions)
         weight, bias = output_head(self.bundle)
         return _signal(self.signal, hidden, weight, bias, completions, self.temperature, self.chunk_size)
@@ -77,7 +83,9 @@ class SelfTeacher:
         return prepare(sample, opsd_messages(sample, self.template), self.student, self.processors)
 
     @torch.no_grad()
-    def score(self, prepared: list[Prepared], completions: list[list[int]]) -> TeacherSignal:
+    def score(
+        self, prepared: list[Prepared], completions: list[list[int]], rollouts: list[Rollout] | None = None
+    ) -> TeacherSignal:
         model = self.student.model
         body = None if self.frozen is None else _strip_prefix(self.frozen, "model.")
         was_training = model.training
@@ -104,10 +112,6 @@ def _signal(kind, hidden, weight, bias, completions, temperature, chunk_size) ->
     return TeacherSignal("sampled", logprobs=logprobs)
 
 
-def same_vocabulary(a, b) -> bool:
-    return a is b or a.get_vocab() == b.get_vocab()
-
-
 def build_teacher(
     config: TeacherConfig,
     student: ModelBundle,
@@ -124,13 +128,12 @@ def build_teacher(
         return SelfTeacher(
             student, processors, config.privileged_template, frozen, config.signal, temperature, chunk_size
         )
-    if not same_vocabulary(student.tokenizer, teacher.tokenizer):
-        raise ValueError(
-            "the teacher's tokenizer differs from the student's; cross-tokenizer alignment is not available yet"
-        )
     if config.view == "media" and not teacher.is_multimodal:
         raise ValueError("teacher.view=media needs a multimodal teacher; use teacher.view=text for a text model")
-    return ModelTeacher(teacher, config.view, processors, config.signal, temperature, chunk_size)
+    model_teacher = ModelTeacher(teacher, config.view, processors, config.signal, temperature, chunk_size)
+    if same_vocabulary(student.tokenizer, teacher.tokenizer):
+        return model_teacher
+    return CrossTokenizerTeacher(model_teacher, teacher.tokenizer, student.tokenizer)
 
 
 def _frozen_weights(student: ModelBundle, path: Path) -> dict[str, torch.Tensor]:

@@ -33,6 +33,7 @@ from mmopd.checkpoint import (
 )
 from mmopd.config import Config, save_config
 from mmopd.crash import crash_point, enter_step
+from mmopd.cross_objective import alignment_metrics, cross_tokenizer_loss, dropped_samples, supervised_tokens
 from mmopd.guard import NonFiniteError, count_skipped_update, nonfinite_reason, streak_message
 from mmopd.losses import chunked_divergence, policy_gradient_loss, sampled_logprobs
 from mmopd.metrics import MetricsLog
@@ -270,8 +271,6 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     """Sample, score, and accumulate gradients for one optimizer step; returns its metrics."""
     began = time.perf_counter()
     rendered, reasons = render_batch(parts, samples, config.data.on_error, config.data.max_prompt_tokens)
-    for reason in reasons:
-        parts.report_skip(reason)
     micro = config.train.micro_batch_size
     groups = [rendered[i : i + micro] for i in range(0, len(rendered), micro)]
     prompts = [collate([r.student for r in group], parts.student) for group in groups]
@@ -279,18 +278,25 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
         parts.engine.generate(prompt, [r.student.sample for r in group]) for prompt, group in zip(prompts, groups)
     ]
     crash_point("rollout")
-    supervised = sum(len(r.completion_ids) for group in rollouts for r in group)
+    # Every micro-batch is scored first: a rollout the teacher cannot align leaves the loss's normaliser.
+    signals = [
+        parts.teacher.score([r.teacher for r in group], [r.completion_ids for r in group_rollouts], group_rollouts)
+        for group, group_rollouts in zip(groups, rollouts)
+    ]
+    reasons += [reason for signal in signals for reason in dropped_samples(signal)]
+    for reason in reasons:
+        parts.report_skip(reason)
+    supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
     totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
     signal_bytes = 0
-    for group, prompt, group_rollouts in zip(groups, prompts, rollouts):
-        completions = [r.completion_ids for r in group_rollouts]
-        signal = parts.teacher.score([r.teacher for r in group], completions)
+    for prompt, group_rollouts, signal in zip(prompts, rollouts, signals):
         signal_bytes += signal.num_bytes()
         loss, stats = student_loss(parts.student, prompt, group_rollouts, signal, supervised, config)
         loss.backward()
         totals["loss"] += float(loss.detach())
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + float(value)
+    totals.update(alignment_metrics(signals, totals))
     flat = [r for group in rollouts for r in group]
     seconds = time.perf_counter() - began
     return {
@@ -313,6 +319,8 @@ def student_loss(
     config: Config,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The micro-batch's share of the loss, normalised by the whole step's supervised-token count."""
+    if signal.cross is not None:
+        return cross_tokenizer_loss(student, prompt, rollouts, signal, supervised_tokens, config)
     completions = [r.completion_ids for r in rollouts]
     hidden = completion_hidden_states(student, prompt, completions)  # (N, H)
     weights = torch.full((hidden.shape[0],), 1.0 / supervised_tokens, device=hidden.device)  # (N,)

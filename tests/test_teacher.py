@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from mmopd.config import TeacherConfig
@@ -88,11 +87,14 @@ def test_opsd_frozen_teacher_keeps_the_initial_weights(tmp_path, task, student, 
     assert sum(p.numel() for p in student.model.parameters()) == parameters_before
 
 
-def test_teacher_with_another_vocabulary_is_refused(tmp_path, task, student, processors):
+def test_teacher_with_another_vocabulary_scores_through_the_byte_alignment(tmp_path, task, student, processors):
     from mmopd.config import ModelConfig
+    from mmopd.cross_teacher import CrossTokenizerTeacher
     from mmopd.models import build_tiny, train_bpe_tokenizer
 
     other = train_bpe_tokenizer(["completely different text corpus"], 300)
     teacher = build_tiny(ModelConfig(family="qwen2", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1), other)
-    with pytest.raises(ValueError, match="tokenizer differs"):
-        build_teacher(TeacherConfig(), student, teacher, processors, tmp_path, 1.0, 64)
+    built = build_teacher(TeacherConfig(), student, teacher, processors, tmp_path, 1.0, 64)
+    assert isinstance(built, CrossTokenizerTeacher) and not built.identical
+    same = build_teacher(TeacherConfig(), student, student, processors, tmp_path, 1.0, 64)
+    assert isinstance(same, ModelTeacher)

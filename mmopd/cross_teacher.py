@@ -1,0 +1,80 @@
+"""A teacher whose tokenizer differs from the student's: it scores the exact bytes the student sampled.
+
+The teacher reads its own rendering of the prompt (contract 2), tokenizes the rollout's completion bytes
+exactly (never the student's decoded text), appends its own end token when the student sampled EOS, and
+ships its signal with the byte alignment (contract 3). Unlike TRL's GOLD (the student's template, re-tokenised
+text) and KDFlow (1:1 positions only), a rollout whose sides cannot cover identical bytes is dropped and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from mmopd.align import AlignmentError, align, byte_table, concat_alignments, tokenize_exact, vocab_map
+from mmopd.sample import CrossTokenizerView, Rollout, Sample, TeacherSignal
+from mmopd.views import Prepared
+
+
+def same_vocabulary(a, b) -> bool:
+    return a is b or a.get_vocab() == b.get_vocab()
+
+
+@dataclass
+class CrossTokenizerTeacher:
+    """Wraps a same-vocabulary teacher (one that scores ids of its own tokenizer) for a student with another."""
+
+    teacher: Any  # a Teacher scoring ids of `teacher_tokenizer` (e.g. mmopd.teacher.ModelTeacher)
+    teacher_tokenizer: Any
+    student_tokenizer: Any
+
+    def __post_init__(self):
+        # With one vocabulary the sampled ids are themselves the teacher's tokenization of the bytes, and the
+        # only one whose events are the student's: the path then reduces exactly to the same-tokenizer loss.
+        self.identical = same_vocabulary(self.student_tokenizer, self.teacher_tokenizer)
+
+    def prepare(self, sample: Sample) -> Prepared:
+        return self.teacher.prepare(sample)
+
+    def teacher_ids(self, rollout: Rollout) -> list[int]:
+        """The teacher's tokens of exactly the rollout's bytes, then its end token if the student stopped."""
+        if self.identical:
+            return list(rollout.completion_ids)
+        ids = tokenize_exact(self.teacher_tokenizer, rollout.completion_bytes)
+        if rollout.finish_reason == "stop":
+            ids = [*ids, self.teacher_tokenizer.eos_token_id]
+        return ids
+
+    @torch.no_grad()
+    def score(
+        self, prepared: list[Prepared], completions: list[list[int]], rollouts: list[Rollout] | None = None
+    ) -> TeacherSignal:
+        if rollouts is None:
+            raise ValueError("a teacher with another tokenizer scores rollouts (their bytes), not student ids")
+        student_table, teacher_table = byte_table(self.student_tokenizer), byte_table(self.teacher_tokenizer)
+        kept, dropped, alignments, teacher_ids = [], [], [], []
+        for rollout in rollouts:
+            try:
+                ids = self.teacher_ids(rollout)
+                alignments.append(align(rollout.completion_ids, ids, student_table, teacher_table))
+            except AlignmentError as error:
+                kept.append(False)
+                dropped.append(f"sample {rollout.sample.id!r}: student and teacher tokens do not align: {error}")
+                continue
+            kept.append(True)
+            teacher_ids.append(ids)
+        view = CrossTokenizerView(
+            teacher_ids=torch.tensor([t for ids in teacher_ids for t in ids], dtype=torch.long),  # (N_t,)
+            alignment=concat_alignments(alignments) if alignments else None,
+            vocab_map=vocab_map(self.student_tokenizer, self.teacher_tokenizer),
+            kept=kept,
+            dropped=dropped,
+            aligned_bytes=sum(len(r.completion_bytes) for r, keep in zip(rollouts, kept) if keep),
+            total_bytes=sum(len(r.completion_bytes) for r in rollouts),
+        )
+        if not teacher_ids:
+            return TeacherSignal(kind="none", cross=view)
+        signal = self.teacher.score([p for p, keep in zip(prepared, kept) if keep], teacher_ids)
+        return replace(signal, cross=view)
