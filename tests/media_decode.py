@@ -1,4 +1,4 @@
-"""Time the video and audio processors on generated files: `python benchmarks/media_decode.py`.
+"""Time the video and audio processors on generated files: `python tests/media_decode.py`.
 
 Video: 60 s of 640x360 at 30 fps (H.264), smooth and noisy content, sampled at 2 fps by decord and by
 PyAV; audio: 30 s of 44.1 kHz stereo FLAC to 16 kHz mono. Prints the best of `--repeats` runs.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from media_corpus import tone, video_frames, write_audio, write_video  # noqa: E402
 
 from mmopd.processors.audio import AudioProcessor  # noqa: E402
