@@ -8,8 +8,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import media_corpus
 import pytest
-from bad_corpus import BAD_INPUTS, PROCESSOR_ARGS, write_dataset
+from bad_corpus import BAD_INPUTS, PROCESSOR_ARGS, row, write_dataset
 
 from mmopd.build import Parts, build_processors
 from mmopd.config import DataConfig, ModelConfig, load_config
@@ -23,6 +24,10 @@ from mmopd.trainer import render_batch, train
 ROOT = Path(__file__).resolve().parents[1]
 MAX_PROMPT_TOKENS = 256
 SAMPLE_ID = re.compile(r"^sample '([^']+)'")
+AUDIO_STUDENT = (
+    "student={family: qwen2_audio, hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 64,"
+    " audio_layers: 1, audio_hidden_size: 32, audio_heads: 2, audio_seconds: 1}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +95,30 @@ def test_a_step_whose_samples_are_all_bad_changes_nothing(tmp_path, command):
     assert summary["steps"] == 1 and summary["skipped_samples"] == 4
     [record] = read_metrics(tmp_path / "run" / "metrics.jsonl")[1:]
     assert record["loss"] == 0.0 and record.get("grad_norm") == 0.0
+
+
+def test_a_run_with_an_audio_student_skips_exactly_the_broken_audio_files(tmp_path):
+    """Broken WAVs (truncated, corrupt, empty, no samples, NaN/inf, a video named .wav, over-long) mixed with
+    good ones: an audio student's run completes and lists exactly the broken ones, each with its reason."""
+    root = tmp_path / "data"
+    root.mkdir()
+    media_corpus.write_audio(root / "good.wav", media_corpus.tone(0.5))
+    good = [row(f"good-{i}", "audio", "good.wav") for i in range(4)]
+    bad = {
+        name: (reason, row(name, kind, write(root)))
+        for name, (kind, write, reason) in media_corpus.BAD_MEDIA.items()
+        if kind == "audio" and write is not media_corpus.bad_escaping_path  # `../`: refused by the reader
+    }
+    path = root / "data.jsonl"
+    path.write_text("".join(line + "\n" for line in [*good, *(line for _, line in bad.values())]))
+    size = len(good) + len(bad)
+    overrides = ["data.task=jsonl", f"data.task_args={{train_path: {path}, eval_path: {path}}}", AUDIO_STUDENT]
+    overrides += [f"train.batch_size={size}", f"train.micro_batch_size={size}", "train.steps=1", "train.eval_every=0"]
+    overrides += ["eval.num_samples=4", "data.on_error=skip", f"data.processor_args={PROCESSOR_ARGS}"]
+    summary = train(load_config(ROOT / "configs" / "debug.yaml", overrides), tmp_path / "run")
+
+    lines = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert sorted(SAMPLE_ID.match(line).group(1) for line in lines) == sorted(bad)
+    for line in lines:
+        assert bad[SAMPLE_ID.match(line).group(1)][0] in line, line
+    assert summary["steps"] == 1 and summary["skipped_samples"] == len(bad)
