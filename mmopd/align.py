@@ -59,10 +59,15 @@ def align(
     student_lengths = student_table.lengths[np.asarray(student_ids, dtype=np.int64)]  # (Ns,)
     teacher_lengths = teacher_table.lengths[np.asarray(teacher_ids, dtype=np.int64)]  # (Nt,)
     student_tail, teacher_tail = _trailing_empty(student_lengths), _trailing_empty(teacher_lengths)
-    if bool(student_tail) != bool(teacher_tail):
-        side = "student" if student_tail else "teacher"
-        raise AlignmentError(f"only the {side} ends with an end-of-turn token (a token without bytes)")
     total = len(student_bytes)
+    if bool(student_tail) != bool(teacher_tail):
+        # A byte-less token that ends one side only (a special token the student sampled that is no stop
+        # token) joins the last chunk: the teacher's likelihood of that chunk then judges it. Dropping the
+        # sample instead would leave the sampling of such tokens unpenalised.
+        if total == 0:
+            side = "student" if student_tail else "teacher"
+            raise AlignmentError(f"only the {side} has tokens, and they have no bytes to align")
+        student_tail = teacher_tail = 0
     student_ends = np.cumsum(student_lengths[: len(student_ids) - student_tail])  # (Ns - tail,)
     teacher_ends = np.cumsum(teacher_lengths[: len(teacher_ids) - teacher_tail])
     # Mark each side's token ends on a byte line; a chunk ends where both sides end a token.

@@ -116,8 +116,12 @@ def test_end_of_turn_is_its_own_final_one_to_one_chunk(tokenizer, qwen):
     alignment = check_alignment(tokenizer, qwen, student_ids, teacher_ids)
     assert alignment.student_chunk[-1] == alignment.teacher_chunk[-1] == alignment.num_chunks - 1
     assert alignment.chunk_bytes[-1] == (12, 12) and bool(alignment.one_to_one[-1])
-    with pytest.raises(AlignmentError, match="only the student ends"):
-        align(student_ids, teacher_ids[:-1], byte_table(tokenizer), byte_table(qwen))
+    # A byte-less token on one side only (a sampled special that is no stop) joins the last chunk.
+    unpaired = align(student_ids, teacher_ids[:-1], byte_table(tokenizer), byte_table(qwen))
+    assert unpaired.student_chunk[-1] == unpaired.student_chunk[-2] == unpaired.num_chunks - 1
+    assert unpaired.chunk_bytes[-1][1] == 12 and not bool(unpaired.one_to_one[-1])
+    with pytest.raises(AlignmentError, match="no bytes to align"):
+        align([tokenizer.eos_token_id], [], byte_table(tokenizer), byte_table(qwen))
 
 
 def test_mismatched_bytes_raise(tokenizer, qwen):
