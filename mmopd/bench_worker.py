@@ -2,7 +2,7 @@
 
 `python -m mmopd.bench_worker mmopd|trl SPEC_JSON` loads the saved student and teacher, runs the
 steps on the spec's prompts and prints one JSON line: seconds of every step, completion tokens of
-every step, the RSS once the models are loaded, and the process's peak RSS (ru_maxrss).
+every step, the RSS once the models are loaded, and the process's peak RSS (VmHWM).
 """
 
 from __future__ import annotations
@@ -18,14 +18,21 @@ import torch
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """The process's peak RSS: the kernel's high-water mark (VmHWM, the same counter VmRSS reads), or
+    ru_maxrss where /proc has none; ru_maxrss alone can lag the current VmRSS on Linux."""
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def current_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+    return _status_mb("VmRSS") or float("nan")
+
+
+def _status_mb(field: str) -> float:
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.exists() else []:
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return 0.0
 
 
 def step_prompts(spec: dict, step: int) -> list[str]:
