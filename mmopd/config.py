@@ -53,6 +53,10 @@ class ModelConfig:
     """Tiny audio model: encoder attention heads."""
     audio_seconds: int = 2
     """Tiny audio model: longest audio clip; Whisper features pad (or cut) every clip to this length."""
+    freeze_audio_encoder: bool = False
+    """Keep the audio encoder's weights fixed in training (the projector and language model still train).
+    A tiny random-init encoder trained from scratch collapses to one output for every clip in the first
+    steps, while the answer prior is learnt; frozen, it stays a fixed random-feature encoder."""
     seed: int = 0
     """Seed of the random initialisation of a tiny model."""
     dtype: str = "float32"

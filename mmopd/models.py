@@ -306,6 +306,8 @@ def build_model(
         raise ValueError("a tiny model needs a tokenizer")
     else:
         bundle = build_tiny(spec, tokenizer, image_args)
+    if spec.freeze_audio_encoder:
+        audio_encoder(bundle.model, spec).requires_grad_(False)
     bundle.model.to(resolve_device(device))
     return bundle
 
@@ -322,6 +324,14 @@ def go_offline() -> None:
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     huggingface_hub.constants.HF_HUB_OFFLINE = True  # read at import time; set the live value too
+
+
+def audio_encoder(model: torch.nn.Module, spec: ModelConfig) -> torch.nn.Module:
+    """The audio tower of a Qwen2-Audio-style model; an error names the model when it has none."""
+    tower = getattr(getattr(model, "model", model), "audio_tower", None)
+    if tower is None:
+        raise ValueError(f"student.freeze_audio_encoder: {spec.path or spec.family} has no audio encoder")
+    return tower
 
 
 def resolve_device(device: str) -> torch.device:

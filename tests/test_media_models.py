@@ -133,3 +133,11 @@ def test_text_teacher_reads_the_privileged_text_in_place_of_video_or_audio(
     prepared = prepare(sample, text_view_messages(sample), teacher, media_processors)
     assert sample.privileged in prepared.text and prepared.media == {}
     assert not any(token in prepared.text for token in MEDIA_TOKENS)
+
+
+def test_freezing_the_audio_encoder_of_a_model_without_one_is_an_error(media_tokenizer):
+    from mmopd.config import ModelConfig
+    from mmopd.models import build_model
+
+    with pytest.raises(ValueError, match="has no audio encoder"):
+        build_model(ModelConfig(family="qwen2", hidden_size=32, freeze_audio_encoder=True), media_tokenizer)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmopd.blind_check import BlindTeacherError
 from mmopd.build import build_parts
@@ -89,3 +90,16 @@ def test_demo_runs_a_media_config(tmp_path, media_cache):
     assert load_config(run / "config.yaml").student.family == "qwen2_audio"
     assert load_config(run / "teacher_sft" / "config.yaml").data.task == "tones"
     assert (run / "final" / "config.json").exists() and (run / "teacher_sft" / "final" / "config.json").exists()
+
+
+def test_a_frozen_audio_encoder_keeps_its_weights_while_the_rest_trains(tmp_path, media_cache):
+    from transformers import AutoModelForMultimodalLM
+
+    config = media_config("tones", media_cache, AUDIO_STUDENT, "student.freeze_audio_encoder=true")
+    parts = build_parts(config, tmp_path / "init", with_teacher=False)
+    before = {name: p.detach().clone() for name, p in parts.student.model.named_parameters()}
+    train(config, tmp_path / "run")
+    after = dict(AutoModelForMultimodalLM.from_pretrained(tmp_path / "run" / "final").named_parameters())
+    changed = {name for name, p in before.items() if not torch.equal(p, after[name])}
+    assert changed and not any("audio_tower" in name for name in changed)
+    assert any("multi_modal_projector" in name for name in changed)
