@@ -39,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         if name != "demo":
             sub.add_argument("config", help="YAML config file")
         else:
-            sub.add_argument("--config", type=Path, help="demo config (default: the shapes demo, configs/demo.yaml; e.g. configs/demo_video.yaml)")
+            sub.add_argument(
+                "--config",
+                type=Path,
+                help="demo config (default: the shapes demo, configs/demo.yaml; e.g. configs/demo_video.yaml)",
+            )
         sub.add_argument("overrides", nargs="*", help="a.b=value overrides")
         if name == "eval":
             sub.add_argument("--model", help="evaluate this model directory instead of the configured student")

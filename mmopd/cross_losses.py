@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from mmopd.losses import _floor, _logprobs, policy_gradient_loss
+from mmopd.losses import _floor, _logprobs, checkpointed_chunks, policy_gradient_loss
 from mmopd.registry import LOSSES
 
 PairLoss = Callable[[Tensor, Tensor, "SharedVocab", str, float], Tensor]
@@ -275,32 +274,22 @@ def chunked_pair_loss(
             "shared vocabulary, so its 'other' bucket is exactly 0 where the other side's is not; use jsd, tv or "
             "skew_reverse_kl, loss.cross_tokenizer=alm, or loss.kind=policy_gradient"
         )
-    teacher_head_weight = teacher_head_weight.detach()
-    teacher_head_bias = None if teacher_head_bias is None else teacher_head_bias.detach()
-    losses, stats = [], []
-    for start in range(0, max(student_hidden.shape[0], 1), chunk_size):
-        rows = slice(start, start + chunk_size)
-        loss, chunk_stats = checkpoint(
-            _pair_chunk,
-            student_hidden[rows],
+    loss, (student_mass, teacher_mass) = checkpointed_chunks(
+        _pair_chunk,
+        (
+            student_hidden,
             student_head_weight,
             student_head_bias,
-            teacher_hidden[rows].detach(),
+            teacher_hidden,
             teacher_head_weight,
             teacher_head_bias,
-            weights[rows],
-            vocab,
-            pair_loss,
-            divergence,
-            beta,
-            temperature,
-            use_reentrant=False,
-        )
-        losses.append(loss)
-        stats.append(chunk_stats)
-    student_mass, teacher_mass = torch.stack(stats).sum(0).detach()
+        ),
+        weights,
+        (vocab, pair_loss, divergence, beta, temperature),
+        chunk_size,
+    )
     rows = torch.tensor(float(student_hidden.shape[0]))
-    return torch.stack(losses).sum(), {
+    return loss, {
         "student_shared_mass": student_mass,
         "teacher_shared_mass": teacher_mass,
         "rows": rows,

@@ -167,15 +167,37 @@ def chunked_divergence(
             chunk_size=chunk_size,
             temperature=temperature,
         )
-    divergence_fn = LOSSES.get(divergence)
+    return checkpointed_chunks(
+        _divergence_chunk,
+        (
+            student_hidden,
+            student_head_weight,
+            student_head_bias,
+            teacher_hidden,
+            teacher_head_weight,
+            teacher_head_bias,
+        ),
+        weights,
+        (LOSSES.get(divergence), beta, temperature),
+        chunk_size,
+    )
+
+
+def checkpointed_chunks(chunk_fn, sides: tuple, weights: Tensor, args: tuple, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Σ over checkpointed chunks of `chunk_size` rows of `chunk_fn(rows of both sides, weights, *args)`, which
+    returns (loss, stats); stats are summed and detached. `sides` = (student hidden, head weight, head bias,
+    teacher hidden, head weight, head bias); the teacher side gets no gradient."""
+    student_hidden, student_head_weight, student_head_bias, teacher_hidden, teacher_head_weight, teacher_head_bias = (
+        sides
+    )
     teacher_head_weight = teacher_head_weight.detach()
     teacher_head_bias = None if teacher_head_bias is None else teacher_head_bias.detach()
-    losses, reverse_kls = [], []
+    losses, stats = [], []
     # max(n, 1): an empty micro-batch still runs one empty chunk, so its zero loss stays in the graph.
     for start in range(0, max(student_hidden.shape[0], 1), chunk_size):
         rows = slice(start, start + chunk_size)
-        loss, reverse_kl_sum = checkpoint(
-            _divergence_chunk,
+        loss, chunk_stats = checkpoint(
+            chunk_fn,
             student_hidden[rows],
             student_head_weight,
             student_head_bias,
@@ -183,14 +205,12 @@ def chunked_divergence(
             teacher_head_weight,
             teacher_head_bias,
             weights[rows],
-            divergence_fn,
-            beta,
-            temperature,
+            *args,
             use_reentrant=False,
         )
         losses.append(loss)
-        reverse_kls.append(reverse_kl_sum)
-    return torch.stack(losses).sum(), torch.stack(reverse_kls).sum().detach()
+        stats.append(chunk_stats)
+    return torch.stack(losses).sum(), torch.stack(stats).sum(0).detach()
 
 
 def _kl_direction(divergence: str, beta: float) -> str | None:
