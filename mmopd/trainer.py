@@ -33,13 +33,19 @@ from mmopd.checkpoint import (
 )
 from mmopd.config import Config, save_config
 from mmopd.crash import crash_point, enter_step
-from mmopd.cross_objective import alignment_metrics, cross_tokenizer_loss, dropped_samples, supervised_tokens
-from mmopd.guard import NonFiniteError, count_skipped_update, nonfinite_reason, streak_message
-from mmopd.losses import chunked_divergence, policy_gradient_loss, sampled_logprobs
+from mmopd.cross_objective import dropped_samples, supervised_tokens
+from mmopd.guard import NonFiniteError, count_skipped_update, streak_message
+from mmopd.learner import (  # noqa: F401  (student_loss, optimizer_step: re-exported for callers)
+    LearnerBatch,
+    accumulate_gradients,
+    build_optimizer,
+    optimizer_step,
+    student_loss,
+)
 from mmopd.metrics import MetricsLog
-from mmopd.models import ModelBundle, output_head
-from mmopd.sample import MediaError, Rollout, Sample, TeacherSignal
-from mmopd.views import Prepared, SampleError, collate, completion_hidden_states, prepare, student_messages
+from mmopd.models import ModelBundle
+from mmopd.sample import MediaError, Sample
+from mmopd.views import Prepared, SampleError, collate, prepare, student_messages
 
 BAD_SAMPLE = (MediaError, SampleError)
 
@@ -93,9 +99,7 @@ def run_loop(
     steps = steps or cfg.steps
     batch_size = batch_size or cfg.batch_size
     model = bundle.model
-    # The fused kernel is one pass over each parameter (~6× faster on CPU than the per-op loop).
-    fused = model.device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=cfg.weight_decay, fused=fused)
+    optimizer = build_optimizer(model, peak_lr, cfg)
     state = open_run(config, run_dir, resume, model, optimizer)
     # Metrics after the checkpoint's step are replayed; with no checkpoint, step 0 is logged again too.
     log = MetricsLog(run_dir, state["step"] if state["accuracy_before"] is not None else -1, wandb=cfg.wandb)
@@ -137,25 +141,6 @@ def run_loop(
     return summary(state)
 
 
-def optimizer_step(model, optimizer, accumulate: Callable[[], dict[str, Any]], lr: float, cfg) -> dict[str, Any]:
-    """Zero, accumulate gradients (the step function runs every backward), clip, update; the step's metrics."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(model, cfg.autocast):
-        record = accumulate()
-    crash_point("loss")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-    reason = nonfinite_reason(record["loss"], float(grad_norm))
-    if reason is not None:
-        # No update: weights, AdamW moments and its step count stay as they were; the lr is a function of step.
-        optimizer.zero_grad(set_to_none=True)
-        return {**record, "lr": lr, "grad_norm": float(grad_norm), "skipped_update": 1, "nonfinite_reason": reason}
-    optimizer.step()
-    return {**record, "lr": lr, "grad_norm": float(grad_norm)}
-
-
 def summary(state: dict[str, Any]) -> dict[str, Any]:
     return {
         "steps": state["step"],
@@ -165,11 +150,6 @@ def summary(state: dict[str, Any]) -> dict[str, Any]:
         "skipped_updates": state["skipped_updates"],
         "wall_seconds": state["wall_seconds"],
     }
-
-
-def autocast(model: torch.nn.Module, dtype: str):
-    """Forward passes in `dtype` on float32 weights (mixed precision); a no-op for "none"."""
-    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
 def open_run(config: Config, run_dir: Path, resume: bool, model, optimizer) -> dict[str, Any]:
@@ -287,16 +267,8 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     for reason in reasons:
         parts.report_skip(reason)
     supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
-    totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
-    signal_bytes = 0
-    for prompt, group_rollouts, signal in zip(prompts, rollouts, signals):
-        signal_bytes += signal.num_bytes()
-        loss, stats = student_loss(parts.student, prompt, group_rollouts, signal, supervised, config)
-        loss.backward()
-        totals["loss"] += float(loss.detach())
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    totals.update(alignment_metrics(signals, totals))
+    totals = accumulate_gradients(parts.student, LearnerBatch(prompts, rollouts, signals, supervised), config)
+    signal_bytes = sum(signal.num_bytes() for signal in signals)
     flat = [r for group in rollouts for r in group]
     seconds = time.perf_counter() - began
     return {
@@ -308,47 +280,3 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
         "skipped": len(reasons),
         "step_seconds": seconds,
     }
-
-
-def student_loss(
-    student: ModelBundle,
-    prompt: dict[str, torch.Tensor],
-    rollouts: list[Rollout],
-    signal: TeacherSignal,
-    supervised_tokens: int,
-    config: Config,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The micro-batch's share of the loss, normalised by the whole step's supervised-token count."""
-    if signal.cross is not None:
-        return cross_tokenizer_loss(student, prompt, rollouts, signal, supervised_tokens, config)
-    completions = [r.completion_ids for r in rollouts]
-    hidden = completion_hidden_states(student, prompt, completions)  # (N, H)
-    weights = torch.full((hidden.shape[0],), 1.0 / supervised_tokens, device=hidden.device)  # (N,)
-    weight, bias = output_head(student)
-    cfg, temperature = config.loss, config.rollout.temperature
-    if cfg.kind == "divergence":
-        loss, kl = chunked_divergence(
-            hidden,
-            weight,
-            bias,
-            signal.hidden,
-            signal.head_weight,
-            signal.head_bias,
-            weights,
-            divergence=cfg.divergence,
-            beta=cfg.beta,
-            chunk_size=cfg.chunk_size,
-            temperature=temperature,
-        )
-        return loss, {"kl": kl}
-    ids = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=hidden.device)  # (N,)
-    student_logprobs = sampled_logprobs(hidden, weight, bias, ids, cfg.chunk_size, temperature)
-    if signal.kind == "sampled":
-        teacher_logprobs = signal.logprobs
-    else:
-        teacher_logprobs = sampled_logprobs(
-            signal.hidden, signal.head_weight, signal.head_bias, ids, cfg.chunk_size, temperature
-        ).detach()
-    behaviour = torch.tensor([lp for r in rollouts for lp in r.behaviour_logprobs], device=hidden.device)  # (N,)
-    loss, stats = policy_gradient_loss(student_logprobs, teacher_logprobs, behaviour, weights, cfg.clip_ratio)
-    return loss, {"kl": stats["reverse_kl"], "clip_fraction": stats["clip_fraction"] * weights.sum()}
