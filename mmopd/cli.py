@@ -91,9 +91,21 @@ def _add_bench_align_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; `a.b=value` overrides may come anywhere after the command, also after options."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [token for token in extra if "=" not in token or token.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    args = parse(argv)
     args.argv = argv
     from transformers.utils import logging as transformers_logging
 
