@@ -45,6 +45,7 @@ from mmopd.learner import (  # noqa: F401  (student_loss, optimizer_step: re-exp
 from mmopd.metrics import MetricsLog
 from mmopd.models import ModelBundle
 from mmopd.sample import MediaError, Sample
+from mmopd.sampling import micro_batch_seed, rollout_seed_base
 from mmopd.views import Prepared, SampleError, collate, prepare, student_messages
 
 BAD_SAMPLE = (MediaError, SampleError)
@@ -250,13 +251,15 @@ def render_batch(
 def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, Any]:
     """Sample, score, and accumulate gradients for one optimizer step; returns its metrics."""
     began = time.perf_counter()
+    seed_base = rollout_seed_base()
     rendered, reasons = render_batch(parts, samples, config.data.on_error, config.data.max_prompt_tokens)
     micro = config.train.micro_batch_size
     groups = [rendered[i : i + micro] for i in range(0, len(rendered), micro)]
     prompts = [collate([r.student for r in group], parts.student) for group in groups]
-    rollouts = [
-        parts.engine.generate(prompt, [r.student.sample for r in group]) for prompt, group in zip(prompts, groups)
-    ]
+    rollouts = []
+    for index, (prompt, group) in enumerate(zip(prompts, groups)):
+        torch.manual_seed(micro_batch_seed(seed_base, index))
+        rollouts.append(parts.engine.generate(prompt, [r.student.sample for r in group]))
     crash_point("rollout")
     # Every micro-batch is scored first: a rollout the teacher cannot align leaves the loss's normaliser.
     signals = [
