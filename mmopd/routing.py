@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from mmopd.config import Config, TeacherConfig, from_dict
 from mmopd.sample import Sample
+from mmopd.views import SampleError
 
 SINGLE = "teacher"
 
@@ -34,4 +35,4 @@ def route_of(sample: Sample, by: str, names: list[str], default: str) -> str:
         return value
     if default:
         return default
-    raise ValueError(f"sample {sample.id!r}: {by}={value!r} names none of the teachers {names} (set routing.default)")
+    raise SampleError(f"sample {sample.id!r}: {by}={value!r} names none of the teachers {names} (set routing.default)")
