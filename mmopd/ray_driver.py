@@ -24,7 +24,7 @@ from mmopd.checkpoint import save_checkpoint, save_model_dir
 from mmopd.config import Config, RayConfig
 from mmopd.crash import enter_step
 from mmopd.cross_objective import dropped_samples, supervised_tokens
-from mmopd.guard import NonFiniteError, count_skipped_update, streak_message
+from mmopd.guard import count_skipped_update
 from mmopd.learner import LearnerBatch, LocalLearner
 from mmopd.metrics import MetricsLog
 from mmopd.rollout_pool import RolloutPool
@@ -37,9 +37,11 @@ from mmopd.trainer import (
     BAD_SAMPLE,
     batch_of,
     check_prompt_length,
+    evaluate_and_log,
     learning_rate,
     open_run,
     skip_log_size,
+    step_metrics,
     summary,
 )
 from mmopd.views import SampleError, collate, prepare, student_messages
@@ -112,13 +114,7 @@ def run(config: Config, run_dir: Path, resume: bool, stop_after, parts: Parts, p
         pools.rollouts.sync(learner.weights(), step)  # policy version = updates applied
         count_samples(state, record, pools)
         count_skipped_update(state, record)
-        if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            record.update(evaluate(parts))
-            state["accuracy_last"] = record["accuracy"]
-        log.log(record)
-        if state["nonfinite_streak"] >= cfg.max_nonfinite_steps:
-            log.close()
-            raise NonFiniteError(streak_message(state["nonfinite_streak"], step, record["nonfinite_reason"]))
+        evaluate_and_log(state, record, log, lambda: evaluate(parts), step == cfg.steps, cfg)
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.4f}", kl=f"{record['kl']:.4f}", acc=state["accuracy_last"])
         state["step"], state["wall_seconds"] = step, time.perf_counter() - began
@@ -223,19 +219,13 @@ def train_step(parts: Parts, pools: Pools, learner, work: StepWork, lr: float, c
     supervised = sum(supervised_tokens(group, signal) for group, signal in zip(rollouts, signals))
     record = learner.update(lr, LearnerBatch(work.prompts, rollouts, signals, supervised))
     kept = sum(len(group) - len(dropped_samples(signal)) for group, signal in zip(rollouts, signals))
-    flat = [r for group in rollouts for r in group]
-    seconds = time.perf_counter() - began
+    signal_bytes = sum(wire_bytes(signal) for signal in packed)  # as sent: bf16 hidden states halve it
     return {
         **record,
-        "tokens_per_second": supervised / seconds,
-        "completion_tokens": supervised / max(len(flat), 1),
-        "stop_fraction": sum(r.finish_reason == "stop" for r in flat) / max(len(flat), 1),
-        "teacher_bytes_per_token": sum(wire_bytes(signal) for signal in packed) / max(supervised, 1),
-        "skipped": len(reasons),
-        "step_seconds": seconds,
+        **step_metrics(rollouts, supervised, signal_bytes, len(reasons), began),
         "policy_lag": lag,
         "samples_drawn": work.drawn,
-        "samples_scored": len(flat),
+        "samples_scored": sum(len(group) for group in rollouts),
         "samples_trained": 0 if record.get("skipped_update") else kept,
         **teacher_metrics(work.routes, rollouts, packed, len(pools.teachers)),
     }

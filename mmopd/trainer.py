@@ -117,13 +117,7 @@ def run_loop(
         record = {"step": step, **optimizer_step(model, optimizer, partial(step_fn, step, samples), lr, cfg)}
         state["skipped"] += record.get("skipped", 0)
         count_skipped_update(state, record)
-        if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            record.update(eval_fn())
-            state["accuracy_last"] = record["accuracy"]
-        log.log(record)
-        if state["nonfinite_streak"] >= cfg.max_nonfinite_steps:
-            log.close()
-            raise NonFiniteError(streak_message(state["nonfinite_streak"], step, record["nonfinite_reason"]))
+        evaluate_and_log(state, record, log, eval_fn, step == steps, cfg)
         progress.update(1)
         shown = {key: f"{record[key]:.4f}" for key in ("loss", "kl") if key in record}
         progress.set_postfix(**shown, acc=state["accuracy_last"])
@@ -140,6 +134,18 @@ def run_loop(
     if state["step"] == steps:
         save_model_dir(bundle, run_dir / "final")
     return summary(state)
+
+
+def evaluate_and_log(state: dict[str, Any], record: dict[str, Any], log: MetricsLog, eval_fn, last: bool, cfg) -> None:
+    """Evaluate when due, log the step, and stop the run after `max_nonfinite_steps` skipped updates in a row."""
+    step = record["step"]
+    if last or (cfg.eval_every and step % cfg.eval_every == 0):
+        record.update(eval_fn())
+        state["accuracy_last"] = record["accuracy"]
+    log.log(record)
+    if state["nonfinite_streak"] >= cfg.max_nonfinite_steps:
+        log.close()
+        raise NonFiniteError(streak_message(state["nonfinite_streak"], step, record["nonfinite_reason"]))
 
 
 def summary(state: dict[str, Any]) -> dict[str, Any]:
@@ -272,14 +278,18 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
     totals = accumulate_gradients(parts.student, LearnerBatch(prompts, rollouts, signals, supervised), config)
     signal_bytes = sum(signal.num_bytes() for signal in signals)
+    return {**totals, **step_metrics(rollouts, supervised, signal_bytes, len(reasons), began)}
+
+
+def step_metrics(rollouts, supervised: int, signal_bytes: int, skipped: int, began: float) -> dict[str, float]:
+    """Throughput, completion length and teacher traffic of a step that started at `began` (perf_counter)."""
     flat = [r for group in rollouts for r in group]
     seconds = time.perf_counter() - began
     return {
-        **totals,
         "tokens_per_second": supervised / seconds,
         "completion_tokens": supervised / max(len(flat), 1),
         "stop_fraction": sum(r.finish_reason == "stop" for r in flat) / max(len(flat), 1),
         "teacher_bytes_per_token": signal_bytes / max(supervised, 1),
-        "skipped": len(reasons),
+        "skipped": skipped,
         "step_seconds": seconds,
     }
