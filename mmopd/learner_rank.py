@@ -86,7 +86,8 @@ class LearnerRank:
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.config.learner.strategy == "ddp":
-            wrapped = torch.nn.parallel.DistributedDataParallel(module)
+            # Unused parameters are found each step: a micro-batch without media leaves the vision tower unused.
+            wrapped = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
             wrapped.register_comm_hook(None, _sum_hook)  # DDP averages; contract 5 needs the sum
             return wrapped
         layers = set(getattr(self.bundle.model, "_no_split_modules", None) or [])
@@ -131,11 +132,16 @@ class LearnerRank:
         moved = {name: _to(getattr(signal, name), self.device) for name in ("hidden", "logprobs")}
         if signal.kind == "hidden" and self.rows is not None and signal.cross is not None:
             raise ValueError("teacher.head_sharding=vocab needs the student's tokenizer; this teacher's differs")
-        if signal.kind == "hidden" and (signal.head_weight is None or self.rows is not None):
-            if self.teacher_head is None:
-                raise ValueError(
-                    "a hidden signal without head_weight reached a learner group built without teacher_head"
-                )
+        if signal.kind != "hidden":
+            return dataclasses.replace(signal, **moved)
+        if signal.head_weight is not None:  # a head shipped with the signal (e.g. OPSD's live weights) wins
+            weight, bias = signal.head_weight, signal.head_bias
+            if self.rows is not None:
+                weight, bias = weight[self.rows], None if bias is None else bias[self.rows]
+            moved["head_weight"], moved["head_bias"] = _to(weight, self.device), _to(bias, self.device)
+        elif self.teacher_head is None:
+            raise ValueError("a hidden signal without head_weight reached a learner group built without teacher_head")
+        else:
             moved["head_weight"], moved["head_bias"] = self.teacher_head
         return dataclasses.replace(signal, **moved)
 

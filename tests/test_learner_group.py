@@ -92,10 +92,11 @@ def assert_weights_close(actual: dict, expected: dict) -> None:
         assert (actual[name] - tensor).abs().max() <= WEIGHTS_ABSOLUTE, name
 
 
-def run_against_local(group: LearnerGroup, reference, steps=range(STEPS)) -> list[dict]:
+def run_against_local(group: LearnerGroup, reference, steps=range(STEPS), ship_head: bool = False) -> list[dict]:
     records = []
     for step in steps:
-        record = group.update(LRS[step], headless(reference["batches"][step]))
+        batch = reference["batches"][step]
+        record = group.update(LRS[step], batch if ship_head else headless(batch))
         expected = reference["records"][step]
         for key in ("loss", "kl", "grad_norm"):
             assert close(record[key], expected[key]), (step, key, record[key], expected[key])
@@ -104,10 +105,24 @@ def run_against_local(group: LearnerGroup, reference, steps=range(STEPS)) -> lis
     return records
 
 
+def poisoned(batch: LearnerBatch) -> LearnerBatch:
+    """The batch with one NaN in the first micro-batch's teacher signal: that micro-batch's rank sees a NaN loss."""
+    hidden = batch.signals[0].hidden.clone()
+    hidden[0, 0] = float("nan")
+    signals = [dataclasses.replace(batch.signals[0], hidden=hidden), *batch.signals[1:]]
+    return dataclasses.replace(batch, signals=signals)
+
+
 def test_ddp_group_matches_local_learner(cluster, reference):
     group = LearnerGroup(config_of("learner.world_size=2"), reference["initial"], reference["head"])
     try:
-        run_against_local(group, reference)
+        # Every rank skips a step that is non-finite on one rank only; had any rank stepped, the ranks' weights
+        # (and the summed gradients of the steps below) would no longer be LocalLearner's.
+        skipped = group.update(LRS[0], headless(poisoned(reference["batches"][0])))
+        assert skipped["skipped_update"] == 1 and "loss is nan" in skipped["nonfinite_reason"]
+        run_against_local(group, reference, [0])
+        run_against_local(group, reference, [1], ship_head=True)  # a head that comes with the signal is used
+        run_against_local(group, reference, [2])
         weights = group.weights()
     finally:
         group.close()
