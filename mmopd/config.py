@@ -136,8 +136,8 @@ class TeacherConfig:
     """Training samples in the blind check's probe batch."""
     head_sharding: str = "none"
     """Where the learner keeps the teacher's output head for the hidden signal: none (whole on every learner rank) |
-    vocab (each of the learner.world_size ranks keeps its slice of the vocabulary rows; the divergence is computed
-    vocabulary-parallel, for loss.kind=divergence with the student's tokenizer)."""
+    vocab (each of the learner.world_size ranks keeps its slice of the vocabulary rows; the divergence, or the
+    policy gradient's teacher logprobs, are computed vocabulary-parallel; the student's tokenizer only)."""
     tokenizer: str = "student"
     """Tokenizer of a tiny teacher (a loaded `model.path` brings its own): student (the student's) | bpe:N (a
     byte-level BPE of N tokens trained on the task's text) | qwen | a named tokenizer of mmopd.tokenizers (qwen2,
@@ -355,14 +355,12 @@ class Config:
 
 def check_vocab_sharding(config: Config) -> None:
     """teacher.head_sharding=vocab splits the teacher's head over learner ranks: it needs several ranks, the
-    hidden signal, the full-vocabulary divergence, and the student's tokenizer."""
+    hidden signal, and the student's tokenizer."""
     where = "teacher.head_sharding=vocab"
     if config.learner.world_size < 2:
         raise ConfigError(f"{where} splits the teacher head over learner ranks; set learner.world_size >= 2")
     if config.teacher.signal != "hidden":
         raise ConfigError(f"{where} shards the head of the hidden signal; set teacher.signal=hidden")
-    if config.loss.kind != "divergence":
-        raise ConfigError(f"{where} computes loss.kind=divergence only; set teacher.head_sharding=none")
     if config.teacher.tokenizer != "student" and not config.teacher.model.path:
         raise ConfigError(f"{where} needs the student's tokenizer; set teacher.tokenizer=student")
 

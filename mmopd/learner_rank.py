@@ -24,7 +24,7 @@ from mmopd.learner import build_optimizer, optimizer_step, student_loss
 from mmopd.models import ModelBundle, output_head, resolve_device
 from mmopd.sample import Rollout, TeacherSignal
 from mmopd.views import completion_hidden_states
-from mmopd.vocab_parallel import vocab_parallel_divergence, vocab_rows
+from mmopd.vocab_parallel import vocab_parallel_divergence, vocab_parallel_sampled_logprobs, vocab_rows
 
 # (the student's collated prompt, its rollouts, the teacher's signal, 1 or 0: 0 pads a rank that has fewer
 # micro-batches than others, so that every rank runs the same collectives)
@@ -189,6 +189,21 @@ class StudentLoss(torch.nn.Module):
 
     def _vocab_parallel(self, prompt, rollouts, signal, supervised: int, scale: float):
         completions = [r.completion_ids for r in rollouts]
+        if self.config.loss.kind == "policy_gradient":
+            # Only the teacher's sampled-token logprobs need its head: made vocabulary-parallel, then the usual loss.
+            ids = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=signal.hidden.device)
+            logprobs = vocab_parallel_sampled_logprobs(
+                signal.hidden,
+                signal.head_weight,
+                signal.head_bias,
+                ids,
+                self.rows,
+                self.config.loss.chunk_size,
+                self.config.rollout.temperature,
+            )
+            sampled = TeacherSignal("sampled", logprobs=logprobs)
+            loss, stats = student_loss(self.bundle, prompt, rollouts, sampled, supervised, self.config)
+            return loss * scale, {key: value * scale for key, value in stats.items()}
         hidden = completion_hidden_states(self.bundle, prompt, completions)  # (N, H)
         # The padding scale goes into the token weights: the collective's gradient must not depend on this rank.
         weights = torch.full((hidden.shape[0],), scale / supervised, device=hidden.device)  # (N,)

@@ -120,6 +120,41 @@ def _log_partition(hidden, teacher, student_head, teacher_head, temperature, chu
     return torch.logsumexp(torch.stack(slices), dim=0)  # (2, N)
 
 
+@torch.no_grad()
+def vocab_parallel_sampled_logprobs(
+    hidden: Tensor,
+    head_rows: Tensor,
+    bias_rows: Tensor | None,
+    token_ids: Tensor,
+    rows: slice,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    group=None,
+) -> Tensor:
+    """`losses.sampled_logprobs` (detached) of this rank's N_r tokens when it holds only the head's vocabulary `rows`:
+    log p(token_ids_i | hidden_i) (N_r,), fp32. Collective, like `vocab_parallel_divergence`."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        f32 = torch.promote_types(hidden.dtype, torch.float32)
+        counts = _counts(hidden.shape[0], hidden.device, group)
+        rank = dist.get_rank(group)
+        mine = slice(sum(counts[:rank]), sum(counts[: rank + 1]))
+        everyone = _gather_rows(hidden.to(f32), counts, group)  # (N, H)
+        ids = _gather_rows(token_ids, counts, group)  # (N,)
+        head = (head_rows.to(f32), None if bias_rows is None else bias_rows.to(f32).clamp_min(_FLOOR))
+        local = torch.full((2, everyone.shape[0]), float("-inf"), dtype=f32, device=hidden.device)  # (2, N)
+        here = (ids >= rows.start) & (ids < rows.stop)  # (N,) the sampled id is one of this rank's rows
+        for start in range(0, everyone.shape[0], max(1, chunk_size)):
+            part = slice(start, start + chunk_size)
+            logits = _logits(everyone[part], *head, temperature)  # (n, V_r)
+            local[0, part] = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(-1, (ids[part] - rows.start).clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
+            local[1, part] = torch.where(here[part], picked, float("-inf"))
+        slices = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(slices, local, group=group)
+        combined = torch.logsumexp(torch.stack(slices), dim=0)  # (2, N): log Z, and the one finite sampled logit
+        return (combined[1] - combined[0])[mine]
+
+
 def vocab_parallel_divergence(
     student_hidden: Tensor,
     student_head_weight: Tensor,

@@ -168,11 +168,12 @@ def test_micro_batches_are_balanced_by_tokens_and_padded_to_equal_counts(referen
     assert sum(item[3] == 0.0 for share in shares for item in share) == 1
 
 
-def test_head_sharding_needs_ranks_the_hidden_signal_and_a_divergence():
+def test_head_sharding_needs_ranks_the_hidden_signal_and_the_students_tokenizer():
     with pytest.raises(ConfigError, match="learner.world_size >= 2"):
         config_of("teacher.head_sharding=vocab")
-    with pytest.raises(ConfigError, match="loss.kind=divergence"):
-        config_of("learner.world_size=2", "teacher.head_sharding=vocab", "loss.kind=policy_gradient")
+    with pytest.raises(ConfigError, match="teacher.signal=hidden"):
+        sampled = ["teacher.signal=sampled", "loss.kind=policy_gradient"]
+        config_of("learner.world_size=2", "teacher.head_sharding=vocab", *sampled)
     with pytest.raises(ConfigError, match="teacher.tokenizer=student"):
         config_of("learner.world_size=2", "teacher.head_sharding=vocab", "teacher.tokenizer=bpe:300")
     with pytest.raises(ConfigError, match="learner.strategy"):

@@ -1,5 +1,6 @@
 """The vocabulary-parallel divergence on 2 gloo ranks equals the unsharded `chunked_divergence`: the loss, the
-logged reverse KL, and the gradients of every rank's student hidden states and of the student head."""
+logged reverse KL, and the gradients of every rank's student hidden states and of the student head; and the
+vocabulary-parallel sampled-token logprobs equal `sampled_logprobs`."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmopd.losses import chunked_divergence
-from mmopd.vocab_parallel import vocab_parallel_divergence, vocab_rows
+from mmopd.losses import chunked_divergence, sampled_logprobs
+from mmopd.vocab_parallel import vocab_parallel_divergence, vocab_parallel_sampled_logprobs, vocab_rows
 
 DIVERGENCES = [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.5), ("skew_kl", 0.1), ("skew_reverse_kl", 0.1)]
 TOKENS = (5, 3)  # rank 0 and rank 1 hold different numbers of tokens
@@ -51,6 +52,7 @@ def _rank(rank: int, port: int) -> None:
             rows = vocab_rows(vocab, rank, 2)
             for divergence, beta in DIVERGENCES:
                 _check(rank, data, rows, divergence, beta, dtype)
+            _check_sampled(rank, data, rows, dtype)
     finally:
         dist.destroy_process_group()
 
@@ -96,6 +98,16 @@ def _check(rank, data, rows, divergence, beta, dtype) -> None:
     assert close(own.grad, hidden[rank].grad, dtype), where
     assert close(head_grad, head.grad, dtype), where
     assert own.grad.abs().max() > 0 and head.grad.abs().max() > 0
+
+
+def _check_sampled(rank, data, rows, dtype) -> None:
+    # Sampled ids in both ranks' slices; never a suppressed id (the sampler cannot draw those).
+    ids = [torch.tensor([0, 36, 18, 19, 5]), torch.tensor([20, 2, 31])]
+    expected = sampled_logprobs(data["teacher"][rank], data["teacher_head"], data["bias"], ids[rank], 2, 0.7)
+    actual = vocab_parallel_sampled_logprobs(
+        data["teacher"][rank], data["teacher_head"][rows], data["bias"][rows], ids[rank], rows, 2, 0.7
+    )
+    assert close(actual, expected, dtype), (f"sampled {dtype} rank {rank}", actual, expected)
 
 
 def test_vocab_parallel_divergence_equals_the_unsharded_one_in_loss_and_gradients():
