@@ -134,6 +134,10 @@ class TeacherConfig:
     """Mean per-token KL (nats) between the media and blanked-media views under which the teacher counts as blind."""
     blind_probe_samples: int = 8
     """Training samples in the blind check's probe batch."""
+    head_sharding: str = "none"
+    """Where the learner keeps the teacher's output head for the hidden signal: none (whole on every learner rank) |
+    vocab (each of the learner.world_size ranks keeps its slice of the vocabulary rows; the divergence, or the
+    policy gradient's teacher logprobs, are computed vocabulary-parallel; the student's tokenizer only)."""
     tokenizer: str = "student"
     """Tokenizer of a tiny teacher (a loaded `model.path` brings its own): student (the student's) | bpe:N (a
     byte-level BPE of N tokens trained on the task's text) | qwen | a named tokenizer of mmopd.tokenizers (qwen2,
@@ -152,6 +156,8 @@ class TeacherConfig:
             raise ConfigError(f"teacher.self_weights must be live or frozen, got {self.self_weights!r}")
         if self.signal not in ("hidden", "sampled"):
             raise ConfigError(f"teacher.signal must be hidden or sampled, got {self.signal!r}")
+        if self.head_sharding not in ("none", "vocab"):
+            raise ConfigError(f"teacher.head_sharding must be none or vocab, got {self.head_sharding!r}")
         if self.kind == "self" and self.tokenizer != "student":
             raise ConfigError(
                 "an OPSD teacher (teacher.kind=self) reads the student's tokenizer; set teacher.tokenizer=student"
@@ -265,6 +271,29 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LearnerConfig:
+    world_size: int = 1
+    """Learner processes (torch.distributed ranks, launched as Ray actors); 1 trains in the driver's process."""
+    strategy: str = "ddp"
+    """How ranks share the student: ddp (whole copies, gradients summed) | fsdp2 (weights, gradients and AdamW
+    state sharded per decoder layer with torch.distributed.fsdp.fully_shard)."""
+    backend: str = "auto"
+    """torch.distributed backend: auto (nccl on CUDA, gloo on CPU) | gloo | nccl."""
+    cpus_per_rank: int = 1
+    """CPUs each learner rank reserves from Ray (and its torch threads)."""
+
+    def __post_init__(self):
+        if self.world_size < 1:
+            raise ConfigError(f"learner.world_size must be at least 1, got {self.world_size}")
+        if self.strategy not in ("ddp", "fsdp2"):
+            raise ConfigError(f"learner.strategy must be ddp or fsdp2, got {self.strategy!r}")
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ConfigError(f"learner.backend must be auto, gloo or nccl, got {self.backend!r}")
+        if self.cpus_per_rank < 1:
+            raise ConfigError(f"learner.cpus_per_rank must be at least 1, got {self.cpus_per_rank}")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     num_samples: int = 256
     """Held-out samples per evaluation (capped by the task's eval set)."""
@@ -367,6 +396,8 @@ class Config:
     """Held-out evaluation."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised fine-tuning (`mmopd sft`, the demo's teacher warm-up)."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The learner group: torch.distributed ranks that hold the student and its optimizer."""
     runtime: str = "local"
     """local (one process) | ray (teacher and rollout actor pools on a Ray cluster; see the `ray` section)."""
     ray: RayConfig = field(default_factory=RayConfig)
@@ -385,6 +416,20 @@ class Config:
         check_teachers(self)
         if self.teacher.signal == "sampled" and self.loss.kind != "policy_gradient":
             raise ConfigError("teacher.signal=sampled carries no distribution; use loss.kind=policy_gradient")
+        if self.teacher.head_sharding == "vocab":
+            check_vocab_sharding(self)
+
+
+def check_vocab_sharding(config: Config) -> None:
+    """teacher.head_sharding=vocab splits the teacher's head over learner ranks: it needs several ranks, the
+    hidden signal, and the student's tokenizer."""
+    where = "teacher.head_sharding=vocab"
+    if config.learner.world_size < 2:
+        raise ConfigError(f"{where} splits the teacher head over learner ranks; set learner.world_size >= 2")
+    if config.teacher.signal != "hidden":
+        raise ConfigError(f"{where} shards the head of the hidden signal; set teacher.signal=hidden")
+    if config.teacher.tokenizer != "student" and not config.teacher.model.path:
+        raise ConfigError(f"{where} needs the student's tokenizer; set teacher.tokenizer=student")
 
 
 def check_teachers(config: Config) -> None:
