@@ -26,6 +26,7 @@ from mmopd.crash import enter_step
 from mmopd.cross_objective import dropped_samples, supervised_tokens
 from mmopd.guard import count_skipped_update
 from mmopd.learner import LearnerBatch, LocalLearner
+from mmopd.learner_group import build_learner
 from mmopd.metrics import MetricsLog
 from mmopd.rollout_pool import RolloutPool
 from mmopd.routing import route_of, routed_configs
@@ -84,15 +85,22 @@ def train(config: Config, run_dir: Path, resume: bool = False, stop_after: int |
     start_ray(config.ray)
     parts = build_parts(config, run_dir, with_teacher=False)
     pools = build_pools(config)
+    learner = None
     try:
-        return run(config, run_dir, resume, stop_after, parts, pools, LocalLearner(parts.student, config))
+        single = len(pools.heads) == 1
+        learner = build_learner(config, parts.student, next(iter(pools.heads.values())) if single else None)
+        if single and not isinstance(learner, LocalLearner):
+            pools.heads = {name: None for name in pools.heads}  # the group holds the head: signals travel without it
+        return run(config, run_dir, resume, stop_after, parts, pools, learner)
     finally:
+        if learner is not None and not isinstance(learner, LocalLearner):
+            learner.close()
         pools.close()
 
 
 def run(config: Config, run_dir: Path, resume: bool, stop_after, parts: Parts, pools: Pools, learner) -> dict:
     cfg = config.train
-    state = open_run(config, run_dir, resume, parts.student.model, learner.optimizer)
+    state = open_learner_run(config, run_dir, resume, parts, learner)
     for key in COUNTERS:
         state.setdefault(key, 0)
     log = MetricsLog(run_dir, state["step"] if state["accuracy_before"] is not None else -1, wandb=cfg.wandb)
@@ -111,7 +119,10 @@ def run(config: Config, run_dir: Path, resume: bool, stop_after, parts: Parts, p
                 in_flight[ahead] = launch(parts, pools, config, train_samples, ahead)
         lr = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
         record = {"step": step, **train_step(parts, pools, learner, in_flight.pop(step), lr, config)}
-        pools.rollouts.sync(learner.weights(), step)  # policy version = updates applied
+        weights = learner.weights()
+        if not isinstance(learner, LocalLearner):
+            parts.student.model.load_state_dict(weights)  # the driver's copy evaluates and is checkpointed
+        pools.rollouts.sync(weights, step)  # policy version = updates applied
         count_samples(state, record, pools)
         count_skipped_update(state, record)
         evaluate_and_log(state, record, log, lambda: evaluate(parts), step == cfg.steps, cfg)
@@ -120,8 +131,7 @@ def run(config: Config, run_dir: Path, resume: bool, stop_after, parts: Parts, p
         state["step"], state["wall_seconds"] = step, time.perf_counter() - began
         if step == cfg.steps or step % cfg.checkpoint_every == 0 or step == stop_after:
             state["skip_log_bytes"] = skip_log_size(run_dir)
-            state_dict = {"optimizer": learner.optimizer.state_dict(), "loop": dict(state)}
-            save_checkpoint(run_dir / "checkpoints", step, parts.student, state_dict, cfg.keep_checkpoints)
+            save_learner_checkpoint(run_dir / "checkpoints", step, parts, learner, state, cfg.keep_checkpoints)
         if stop_after is not None and step >= stop_after:
             break
     progress.close()
@@ -129,6 +139,34 @@ def run(config: Config, run_dir: Path, resume: bool, stop_after, parts: Parts, p
     if state["step"] == cfg.steps:
         save_model_dir(parts.student, run_dir / "final")
     return {**summary(state), **{key: state[key] for key in COUNTERS}, "actor_retries": pools.retries()}
+
+
+class OptimizerState:
+    """Receives the optimizer state `open_run` restores from a learner group's checkpoint, for the group to load."""
+
+    state: dict[str, Any] | None = None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+
+def open_learner_run(config: Config, run_dir: Path, resume: bool, parts: Parts, learner) -> dict[str, Any]:
+    """`trainer.open_run` for either learner: a group gets the restored weights and AdamW state from the driver."""
+    if isinstance(learner, LocalLearner):
+        return open_run(config, run_dir, resume, parts.student.model, learner.optimizer)
+    restored = OptimizerState()
+    state = open_run(config, run_dir, resume, parts.student.model, restored)
+    if restored.state is not None:
+        learner.load_state_dict({"model": parts.student.model.state_dict(), "optimizer": restored.state})
+    return state
+
+
+def save_learner_checkpoint(directory: Path, step: int, parts: Parts, learner, state: dict, keep: int) -> None:
+    if isinstance(learner, LocalLearner):
+        state_dict = {"optimizer": learner.optimizer.state_dict(), "loop": dict(state)}
+        save_checkpoint(directory, step, parts.student, state_dict, keep)
+    else:
+        learner.save_checkpoint(directory, step, parts.student, dict(state), keep)
 
 
 def start_ray(cfg: RayConfig) -> None:

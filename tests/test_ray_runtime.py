@@ -34,7 +34,7 @@ def cluster():
     threads = torch.get_num_threads()
     # Idle workers import the actors' modules while the local run goes (each import costs seconds here).
     hook = "mmopd.ray_driver.import_actor_modules"
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"worker_process_setup_hook": hook})
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, runtime_env={"worker_process_setup_hook": hook})
     yield
     ray.shutdown()
     torch.set_num_threads(threads)
@@ -71,7 +71,8 @@ def test_a_teacher_that_dies_mid_run_is_restarted_and_no_sample_is_lost_or_count
     tmp_path, local_run, monkeypatch
 ):
     # Two teachers by question kind (one with its own BPE, so scored across tokenizers); the colour teacher's actor
-    # exits at its second call; rollouts run one step ahead (async) with bf16 hidden states on the wire.
+    # exits at its second call; rollouts run one step ahead (async) with bf16 hidden states on the wire, and the
+    # learner is a 2-rank DDP group (gloo), each signal carrying its teacher's head.
     monkeypatch.setenv(EXIT_ENV, "colour:0:2")
     teachers = "teachers={colour: {model: {family: qwen2, hidden_size: 32, num_layers: 1, num_heads: 2, "
     teachers += "num_kv_heads: 1, intermediate_size: 64, seed: 1}}, shape: {tokenizer: 'bpe:300'}}"
@@ -83,6 +84,7 @@ def test_a_teacher_that_dies_mid_run_is_restarted_and_no_sample_is_lost_or_count
         "routing.by=meta.question",
         "ray.async_rollouts=true",
         "loss.divergence=jsd",
+        "learner.world_size=2",
     )
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[-1]["actor_retries"] >= 1  # the kill happened and its micro-batch was retried
