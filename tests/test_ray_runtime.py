@@ -40,13 +40,15 @@ def cluster():
     torch.set_num_threads(threads)
 
 
-def run(tmp_path: Path, name: str, *overrides: str) -> list[dict]:
+def run(tmp_path: Path, name: str, *overrides: str, stop_after: int | None = None) -> list[dict]:
     config = load_config(ROOT / "configs" / "debug.yaml", [*BASE, *overrides])
     if config.runtime == "ray":
         from mmopd.ray_driver import train
     else:
         train = train_local
-    train(config, tmp_path / name)
+    train(config, tmp_path / name, stop_after=stop_after)
+    if stop_after is not None:  # interrupted after its checkpoint: a new driver (and new actors) resumes it
+        train(config, tmp_path / name, resume=True)
     return read_metrics(tmp_path / name / "metrics.jsonl")[1:]
 
 
@@ -55,8 +57,8 @@ def local_run(tmp_path_factory) -> list[dict]:
     return run(tmp_path_factory.mktemp("local"), "run")
 
 
-def test_ray_runtime_matches_the_local_runtime(tmp_path, local_run):
-    remote = run(tmp_path, "ray", *RAY, "ray.hidden_dtype=float32")
+def test_ray_runtime_matches_the_local_runtime_and_resumes_exactly(tmp_path, local_run):
+    remote = run(tmp_path, "ray", *RAY, "ray.hidden_dtype=float32", stop_after=2)
     assert [r["step"] for r in remote] == [r["step"] for r in local_run] == [1, 2, 3]
     for a, b in zip(local_run, remote):
         # Same seeds per micro-batch, same kernels: equal up to float32 summation order (stated tolerance 1e-5).
