@@ -79,12 +79,11 @@ class RolloutPool:
     ) -> Pending:
         """Start sampling every micro-batch under the latest synced policy; `pool.gather` returns the rollouts."""
         replicas = len(self.pool.actors)
-        return self.pool.submit(
-            [
-                (index % replicas, "generate", (prompt, group, seed, self.packed, self.version))
-                for index, (prompt, group, seed) in enumerate(zip(prompts, samples, seeds))
-            ]
-        )
+        jobs = []
+        for index, (prompt, group, seed) in enumerate(zip(prompts, samples, seeds)):
+            prompt = {key: value.cpu() for key, value in prompt.items()}  # the actor moves it to its own device
+            jobs.append((index % replicas, "generate", (prompt, group, seed, self.packed, self.version)))
+        return self.pool.submit(jobs)
 
     def replica_weights(self) -> list[dict[str, torch.Tensor]]:
         """Each replica's current weights, once its loads are done (for checks, not for training)."""
