@@ -99,6 +99,9 @@ def train(config: Config, run_dir: Path, resume: bool = False, stop_after: int |
 
 
 def run(config: Config, run_dir: Path, resume: bool, stop_after, parts: Parts, pools: Pools, learner) -> dict:
+    """The loop: schedule, eval, logging, checkpoints and exact resume as in `trainer.run_loop`, with the step's
+    stages on the pools. With async rollouts a resumed run samples its first steps from the checkpoint's policy
+    (the uninterrupted run sampled them one version earlier), so only synchronous runs resume bit-exactly."""
     cfg = config.train
     state = open_learner_run(config, run_dir, resume, parts, learner)
     for key in COUNTERS:
