@@ -7,11 +7,13 @@ without it (KDFlow's split: H numbers per token on the wire, the V × H head hel
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from mmopd.build import build_network_policy, build_task, build_teacher_model, build_teacher_tokenizer, build_tokenizer
 from mmopd.config import Config
-from mmopd.models import ModelBundle, load_tokenizer_dir, output_head
+from mmopd.models import ModelBundle, load_tokenizer_dir, output_head, resolve_device
 
 
 def student_tokenizer(config: Config, task) -> object:
@@ -32,9 +34,11 @@ def teacher_bundle(config: Config) -> tuple[ModelBundle, object, object]:
 
 def load_teacher_head(config: Config) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """The output head (weight (V, H), bias (V,) or None) a learner attaches to hidden signals; None for
-    `sampled` signals, which carry teacher logprobs instead. Builds the teacher once on this process's device."""
+    `sampled` signals, which carry teacher logprobs instead. Builds the whole teacher once on the CPU and keeps
+    the head on `config.device` (reading only the head's tensors from a checkpoint would spare that)."""
     if config.teacher.signal != "hidden":
         return None
-    bundle, _, _ = teacher_bundle(config)
+    bundle, _, _ = teacher_bundle(replace(config, device="cpu"))  # in host memory: the learner's GPU keeps its room
     weight, bias = output_head(bundle)
-    return weight.detach().clone(), None if bias is None else bias.detach().clone()
+    device = resolve_device(config.device)
+    return weight.detach().to(device, copy=True), None if bias is None else bias.detach().to(device, copy=True)
