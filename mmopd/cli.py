@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from mmopd.actor_pool import ActorFailure
 from mmopd.bench import add_parsers as add_bench_parsers
 from mmopd.config import ConfigError, field_docs, load_config
 from mmopd.guard import NonFiniteError
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except ActorFailure as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -152,7 +156,9 @@ def _run(args: argparse.Namespace) -> int:
         from mmopd.demo import write_summary
         from mmopd.metrics import plot_metrics
 
-        if args.command == "train":
+        if args.command == "train" and config.runtime == "ray":
+            from mmopd.ray_driver import train as run
+        elif args.command == "train":
             from mmopd.trainer import train as run
         else:
             from mmopd.sft import sft as run

@@ -134,6 +134,10 @@ class TeacherConfig:
     """Mean per-token KL (nats) between the media and blanked-media views under which the teacher counts as blind."""
     blind_probe_samples: int = 8
     """Training samples in the blind check's probe batch."""
+    head_sharding: str = "none"
+    """Where the learner keeps the teacher's output head for the hidden signal: none (whole on every learner rank) |
+    vocab (each of the learner.world_size ranks keeps its slice of the vocabulary rows; the divergence, or the
+    policy gradient's teacher logprobs, are computed vocabulary-parallel; the student's tokenizer only)."""
     tokenizer: str = "student"
     """Tokenizer of a tiny teacher (a loaded `model.path` brings its own): student (the student's) | bpe:N (a
     byte-level BPE of N tokens trained on the task's text) | qwen | a named tokenizer of mmopd.tokenizers (qwen2,
@@ -152,6 +156,8 @@ class TeacherConfig:
             raise ConfigError(f"teacher.self_weights must be live or frozen, got {self.self_weights!r}")
         if self.signal not in ("hidden", "sampled"):
             raise ConfigError(f"teacher.signal must be hidden or sampled, got {self.signal!r}")
+        if self.head_sharding not in ("none", "vocab"):
+            raise ConfigError(f"teacher.head_sharding must be none or vocab, got {self.head_sharding!r}")
         if self.kind == "self" and self.tokenizer != "student":
             raise ConfigError(
                 "an OPSD teacher (teacher.kind=self) reads the student's tokenizer; set teacher.tokenizer=student"
@@ -265,6 +271,29 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LearnerConfig:
+    world_size: int = 1
+    """Learner processes (torch.distributed ranks, launched as Ray actors); 1 trains in the driver's process."""
+    strategy: str = "ddp"
+    """How ranks share the student: ddp (whole copies, gradients summed) | fsdp2 (weights, gradients and AdamW
+    state sharded per decoder layer with torch.distributed.fsdp.fully_shard)."""
+    backend: str = "auto"
+    """torch.distributed backend: auto (nccl on CUDA, gloo on CPU) | gloo | nccl."""
+    cpus_per_rank: int = 1
+    """CPUs each learner rank reserves from Ray (and its torch threads)."""
+
+    def __post_init__(self):
+        if self.world_size < 1:
+            raise ConfigError(f"learner.world_size must be at least 1, got {self.world_size}")
+        if self.strategy not in ("ddp", "fsdp2"):
+            raise ConfigError(f"learner.strategy must be ddp or fsdp2, got {self.strategy!r}")
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ConfigError(f"learner.backend must be auto, gloo or nccl, got {self.backend!r}")
+        if self.cpus_per_rank < 1:
+            raise ConfigError(f"learner.cpus_per_rank must be at least 1, got {self.cpus_per_rank}")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     num_samples: int = 256
     """Held-out samples per evaluation (capped by the task's eval set)."""
@@ -289,6 +318,65 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    address: str = ""
+    """Ray cluster to join (e.g. ray://head:10001 or auto); empty starts a local cluster in this process."""
+    num_cpus: int = 0
+    """CPUs of the local cluster started when `address` is empty (0 = all of this machine's)."""
+    teacher_replicas: int = 1
+    """Teacher actors per teacher (each holds the whole teacher); micro-batches are balanced by token count."""
+    rollout_replicas: int = 1
+    """Rollout actors, each with a copy of the student and its engine; micro-batches go round-robin."""
+    teacher_resources: dict = field(default_factory=lambda: {"num_cpus": 1})
+    """Ray resources of one teacher actor, e.g. {num_gpus: 1, num_cpus: 4} or {resources: {teacher_node: 1}}."""
+    rollout_resources: dict = field(default_factory=lambda: {"num_cpus": 1})
+    """Ray resources of one rollout actor, e.g. {num_gpus: 1}."""
+    placement: str = "pack"
+    """How actors of a pool are placed: pack (fill a node first: teacher and rollouts share fast local memory)
+    | spread (one per node where possible)."""
+    max_restarts: int = 3
+    """Times Ray restarts a teacher or rollout actor that died (its lost work is retried)."""
+    max_retries: int = 3
+    """Times one micro-batch is retried after its actor died; then the run stops naming the actor and error."""
+    hidden_dtype: str = "bfloat16"
+    """dtype of teacher hidden states on the wire: bfloat16 | float16 | float32 (the learner upcasts to fp32)."""
+    async_rollouts: bool = False
+    """Overlap the rollouts of the next step(s) with the update of this one (off-policy by `max_staleness`)."""
+    max_staleness: int = 1
+    """async_rollouts: how many policy versions a rollout may lag the learner (the pipeline depth)."""
+    importance_cap: float = 2.0
+    """async_rollouts with loss.kind divergence: per-token truncated importance weight
+    min(p_learner / p_behaviour, cap) on the loss (0 = no correction)."""
+
+    def __post_init__(self):
+        if self.teacher_replicas < 1 or self.rollout_replicas < 1:
+            raise ConfigError("ray.teacher_replicas and ray.rollout_replicas must be at least 1")
+        if self.placement not in ("pack", "spread"):
+            raise ConfigError(f"ray.placement must be pack or spread, got {self.placement!r}")
+        if self.hidden_dtype not in ("bfloat16", "float16", "float32"):
+            raise ConfigError(f"ray.hidden_dtype must be bfloat16, float16 or float32, got {self.hidden_dtype!r}")
+        if self.max_retries < 0 or self.max_restarts < 0:
+            raise ConfigError("ray.max_retries and ray.max_restarts must be 0 or more")
+        if self.async_rollouts and self.max_staleness < 1:
+            raise ConfigError("ray.async_rollouts needs ray.max_staleness of at least 1")
+        if self.importance_cap < 0:
+            raise ConfigError(f"ray.importance_cap must be 0 (off) or positive, got {self.importance_cap}")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    by: str = "task"
+    """What routes a sample to one of `teachers`: task (every sample to `default`) | meta.KEY (the sample's
+    meta[KEY], e.g. meta.source)."""
+    default: str = ""
+    """The teacher of a sample whose route names no teacher (empty: such a sample is an error)."""
+
+    def __post_init__(self):
+        if self.by != "task" and not (self.by.startswith("meta.") and len(self.by) > 5):
+            raise ConfigError(f"routing.by must be task or meta.KEY, got {self.by!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     student: ModelConfig = field(default_factory=ModelConfig)
     """The student model."""
@@ -308,16 +396,60 @@ class Config:
     """Held-out evaluation."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised fine-tuning (`mmopd sft`, the demo's teacher warm-up)."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The learner group: torch.distributed ranks that hold the student and its optimizer."""
     runtime: str = "local"
-    """local (one process)."""
+    """local (one process) | ray (teacher and rollout actor pools on a Ray cluster; see the `ray` section)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """The Ray runtime: cluster, pools, transport, async pipeline, faults."""
+    teachers: dict = field(default_factory=dict)
+    """runtime ray: several teachers by name, each a `teacher` section (its own model, tokenizer and view);
+    each sample goes to one by `routing`. Empty: the one `teacher`."""
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    """Which of `teachers` scores a sample."""
     device: str = "cpu"
     """cpu | cuda | auto."""
 
     def __post_init__(self):
-        if self.runtime != "local":
-            raise ConfigError(f"runtime {self.runtime!r} is not available; use local")
+        if self.runtime not in ("local", "ray"):
+            raise ConfigError(f"runtime must be local or ray, got {self.runtime!r}")
+        check_teachers(self)
         if self.teacher.signal == "sampled" and self.loss.kind != "policy_gradient":
             raise ConfigError("teacher.signal=sampled carries no distribution; use loss.kind=policy_gradient")
+        if self.teacher.head_sharding == "vocab":
+            check_vocab_sharding(self)
+
+
+def check_vocab_sharding(config: Config) -> None:
+    """teacher.head_sharding=vocab splits the teacher's head over learner ranks: it needs several ranks, the
+    hidden signal, and the student's tokenizer."""
+    where = "teacher.head_sharding=vocab"
+    if config.learner.world_size < 2:
+        raise ConfigError(f"{where} splits the teacher head over learner ranks; set learner.world_size >= 2")
+    if config.teacher.signal != "hidden":
+        raise ConfigError(f"{where} shards the head of the hidden signal; set teacher.signal=hidden")
+    if config.teacher.tokenizer != "student" and not config.teacher.model.path:
+        raise ConfigError(f"{where} needs the student's tokenizer; set teacher.tokenizer=student")
+
+
+def check_teachers(config: Config) -> None:
+    """`teachers` entries are teacher sections (checked like `teacher`); routing needs the Ray runtime."""
+    if config.runtime == "ray" and config.teacher.kind == "self":
+        raise ConfigError(
+            "runtime ray serves teachers of kind model; an OPSD teacher (kind self) runs with runtime local"
+        )
+    if not config.teachers:
+        return
+    if config.runtime != "ray":
+        raise ConfigError("several teachers (`teachers`) need runtime: ray")
+    for name, section in config.teachers.items():
+        teacher = from_dict(TeacherConfig, section or {}, f"teachers.{name}")
+        if teacher.signal == "sampled" and config.loss.kind != "policy_gradient":
+            raise ConfigError(f"teachers.{name}: signal=sampled carries no distribution; use loss.kind=policy_gradient")
+    if config.routing.default and config.routing.default not in config.teachers:
+        raise ConfigError(
+            f"routing.default {config.routing.default!r} is not one of teachers {sorted(config.teachers)}"
+        )
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:

@@ -17,6 +17,7 @@ from mmopd.config import Config, TrainConfig
 from mmopd.crash import crash_point
 from mmopd.cross_objective import alignment_metrics, cross_tokenizer_loss
 from mmopd.guard import nonfinite_reason
+from mmopd.importance import importance_stats, truncated_importance_weights
 from mmopd.losses import chunked_divergence, policy_gradient_loss, sampled_logprobs
 from mmopd.models import ModelBundle, output_head
 from mmopd.sample import Rollout, TeacherSignal
@@ -123,6 +124,9 @@ def student_loss(
     weights = torch.full((hidden.shape[0],), 1.0 / supervised_tokens, device=hidden.device)  # (N,)
     weight, bias = output_head(student)
     cfg, temperature = config.loss, config.rollout.temperature
+    ids = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=hidden.device)  # (N,)
+    behaviour = torch.tensor([lp for r in rollouts for lp in r.behaviour_logprobs], device=hidden.device)  # (N,)
+    weights, correction = off_policy_correction(hidden, weight, bias, ids, behaviour, weights, config)
     if cfg.kind == "divergence":
         loss, kl = chunked_divergence(
             hidden,
@@ -137,8 +141,7 @@ def student_loss(
             chunk_size=cfg.chunk_size,
             temperature=temperature,
         )
-        return loss, {"kl": kl}
-    ids = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=hidden.device)  # (N,)
+        return loss, {"kl": kl, **correction}
     student_logprobs = sampled_logprobs(hidden, weight, bias, ids, cfg.chunk_size, temperature)
     if signal.kind == "sampled":
         teacher_logprobs = signal.logprobs
@@ -146,6 +149,22 @@ def student_loss(
         teacher_logprobs = sampled_logprobs(
             signal.hidden, signal.head_weight, signal.head_bias, ids, cfg.chunk_size, temperature
         ).detach()
-    behaviour = torch.tensor([lp for r in rollouts for lp in r.behaviour_logprobs], device=hidden.device)  # (N,)
     loss, stats = policy_gradient_loss(student_logprobs, teacher_logprobs, behaviour, weights, cfg.clip_ratio)
-    return loss, {"kl": stats["reverse_kl"], "clip_fraction": stats["clip_fraction"] * weights.sum()}
+    return loss, {"kl": stats["reverse_kl"], "clip_fraction": stats["clip_fraction"] * weights.sum(), **correction}
+
+
+def off_policy_correction(hidden, weight, bias, ids, behaviour, token_weights, config: Config):
+    """Rollouts from an older policy (runtime ray, async_rollouts): the token weights times the truncated
+    importance weights, and the step's IS metrics. Policy-gradient losses already divide by the behaviour
+    probability, so for them the mismatch is only measured."""
+    cap = config.ray.importance_cap if config.runtime == "ray" and config.ray.async_rollouts else 0.0
+    if cap == 0:
+        return token_weights, {}
+    with torch.no_grad():
+        learner_logprobs = sampled_logprobs(
+            hidden, weight, bias, ids, config.loss.chunk_size, config.rollout.temperature
+        )
+    ratio, capped = truncated_importance_weights(learner_logprobs, behaviour, cap)
+    if config.loss.kind != "divergence":
+        return token_weights, importance_stats(token_weights, learner_logprobs, behaviour, capped & False)
+    return token_weights * ratio, importance_stats(token_weights, learner_logprobs, behaviour, capped)

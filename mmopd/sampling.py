@@ -62,3 +62,14 @@ class SamplingProcessor(LogitsProcessor):
         self.logprobs.append(logprob)
         # +inf at the drawn token makes it generate's argmax without another pass over the vocabulary.
         return scores.index_put_((torch.arange(len(token), device=token.device), token), torch.tensor(float("inf")))
+
+
+def rollout_seed_base() -> int:
+    """Drawn from the step's generator (the loop seeds it from (seed, step)): the base of the step's rollout seeds."""
+    return int(torch.randint(0, 2**31, ()))
+
+
+def micro_batch_seed(base: int, index: int) -> int:
+    """Each micro-batch samples from its own seed, so where it runs (in order here, on any rollout actor, or
+    again after a failure) does not change what it samples."""
+    return base * 4096 + index

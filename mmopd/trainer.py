@@ -45,6 +45,7 @@ from mmopd.learner import (  # noqa: F401  (student_loss, optimizer_step: re-exp
 from mmopd.metrics import MetricsLog
 from mmopd.models import ModelBundle
 from mmopd.sample import MediaError, Sample
+from mmopd.sampling import micro_batch_seed, rollout_seed_base
 from mmopd.views import Prepared, SampleError, collate, prepare, student_messages
 
 BAD_SAMPLE = (MediaError, SampleError)
@@ -116,13 +117,7 @@ def run_loop(
         record = {"step": step, **optimizer_step(model, optimizer, partial(step_fn, step, samples), lr, cfg)}
         state["skipped"] += record.get("skipped", 0)
         count_skipped_update(state, record)
-        if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            record.update(eval_fn())
-            state["accuracy_last"] = record["accuracy"]
-        log.log(record)
-        if state["nonfinite_streak"] >= cfg.max_nonfinite_steps:
-            log.close()
-            raise NonFiniteError(streak_message(state["nonfinite_streak"], step, record["nonfinite_reason"]))
+        evaluate_and_log(state, record, log, eval_fn, step == steps, cfg)
         progress.update(1)
         shown = {key: f"{record[key]:.4f}" for key in ("loss", "kl") if key in record}
         progress.set_postfix(**shown, acc=state["accuracy_last"])
@@ -139,6 +134,18 @@ def run_loop(
     if state["step"] == steps:
         save_model_dir(bundle, run_dir / "final")
     return summary(state)
+
+
+def evaluate_and_log(state: dict[str, Any], record: dict[str, Any], log: MetricsLog, eval_fn, last: bool, cfg) -> None:
+    """Evaluate when due, log the step, and stop the run after `max_nonfinite_steps` skipped updates in a row."""
+    step = record["step"]
+    if last or (cfg.eval_every and step % cfg.eval_every == 0):
+        record.update(eval_fn())
+        state["accuracy_last"] = record["accuracy"]
+    log.log(record)
+    if state["nonfinite_streak"] >= cfg.max_nonfinite_steps:
+        log.close()
+        raise NonFiniteError(streak_message(state["nonfinite_streak"], step, record["nonfinite_reason"]))
 
 
 def summary(state: dict[str, Any]) -> dict[str, Any]:
@@ -250,13 +257,15 @@ def render_batch(
 def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, Any]:
     """Sample, score, and accumulate gradients for one optimizer step; returns its metrics."""
     began = time.perf_counter()
+    seed_base = rollout_seed_base()
     rendered, reasons = render_batch(parts, samples, config.data.on_error, config.data.max_prompt_tokens)
     micro = config.train.micro_batch_size
     groups = [rendered[i : i + micro] for i in range(0, len(rendered), micro)]
     prompts = [collate([r.student for r in group], parts.student) for group in groups]
-    rollouts = [
-        parts.engine.generate(prompt, [r.student.sample for r in group]) for prompt, group in zip(prompts, groups)
-    ]
+    rollouts = []
+    for index, (prompt, group) in enumerate(zip(prompts, groups)):
+        torch.manual_seed(micro_batch_seed(seed_base, index))
+        rollouts.append(parts.engine.generate(prompt, [r.student.sample for r in group]))
     crash_point("rollout")
     # Every micro-batch is scored first: a rollout the teacher cannot align leaves the loss's normaliser.
     signals = [
@@ -269,14 +278,18 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
     totals = accumulate_gradients(parts.student, LearnerBatch(prompts, rollouts, signals, supervised), config)
     signal_bytes = sum(signal.num_bytes() for signal in signals)
+    return {**totals, **step_metrics(rollouts, supervised, signal_bytes, len(reasons), began)}
+
+
+def step_metrics(rollouts, supervised: int, signal_bytes: int, skipped: int, began: float) -> dict[str, float]:
+    """Throughput, completion length and teacher traffic of a step that started at `began` (perf_counter)."""
     flat = [r for group in rollouts for r in group]
     seconds = time.perf_counter() - began
     return {
-        **totals,
         "tokens_per_second": supervised / seconds,
         "completion_tokens": supervised / max(len(flat), 1),
         "stop_fraction": sum(r.finish_reason == "stop" for r in flat) / max(len(flat), 1),
         "teacher_bytes_per_token": signal_bytes / max(supervised, 1),
-        "skipped": len(reasons),
+        "skipped": skipped,
         "step_seconds": seconds,
     }
