@@ -9,8 +9,10 @@ are summed (not averaged) over ranks, so one update equals `LocalLearner`'s on t
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,7 +25,6 @@ from mmopd.config import Config
 from mmopd.learner import build_optimizer, optimizer_step, student_loss
 from mmopd.models import ModelBundle, output_head, resolve_device
 from mmopd.sample import Rollout, TeacherSignal
-from mmopd.views import completion_hidden_states
 from mmopd.vocab_parallel import vocab_parallel_divergence, vocab_parallel_sampled_logprobs, vocab_rows
 
 # (the student's collated prompt, its rollouts, the teacher's signal, 1 or 0: 0 pads a rank that has fewer
@@ -182,48 +183,30 @@ class StudentLoss(torch.nn.Module):
         self.bundle, self.config, self.rows = bundle, config, rows
 
     def forward(self, prompt, rollouts, signal, supervised: int, scale: float):
+        # A padding micro-batch (scale 0) weighs its tokens 1 / inf = 0: it runs every collective, adds nothing.
+        supervised = supervised if scale else math.inf
         if self.rows is None:
-            loss, stats = student_loss(self.bundle, prompt, rollouts, signal, supervised, self.config)
-            return loss * scale, {key: value * scale for key, value in stats.items()}
-        return self._vocab_parallel(prompt, rollouts, signal, supervised, scale)
-
-    def _vocab_parallel(self, prompt, rollouts, signal, supervised: int, scale: float):
-        completions = [r.completion_ids for r in rollouts]
+            return student_loss(self.bundle, prompt, rollouts, signal, supervised, self.config)
         if self.config.loss.kind == "policy_gradient":
-            # Only the teacher's sampled-token logprobs need its head: made vocabulary-parallel, then the usual loss.
-            ids = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=signal.hidden.device)
-            logprobs = vocab_parallel_sampled_logprobs(
-                signal.hidden,
-                signal.head_weight,
-                signal.head_bias,
-                ids,
-                self.rows,
-                self.config.loss.chunk_size,
-                self.config.rollout.temperature,
-            )
-            sampled = TeacherSignal("sampled", logprobs=logprobs)
-            loss, stats = student_loss(self.bundle, prompt, rollouts, sampled, supervised, self.config)
-            return loss * scale, {key: value * scale for key, value in stats.items()}
-        hidden = completion_hidden_states(self.bundle, prompt, completions)  # (N, H)
-        # The padding scale goes into the token weights: the collective's gradient must not depend on this rank.
-        weights = torch.full((hidden.shape[0],), scale / supervised, device=hidden.device)  # (N,)
-        weight, bias = output_head(self.bundle)
-        cfg = self.config.loss
-        loss, kl = vocab_parallel_divergence(
-            hidden,
-            weight,
-            bias,
+            signal = self._sampled(signal, rollouts)
+        divergence = partial(vocab_parallel_divergence, rows=self.rows)
+        return student_loss(self.bundle, prompt, rollouts, signal, supervised, self.config, divergence)
+
+    def _sampled(self, signal: TeacherSignal, rollouts: list[Rollout]) -> TeacherSignal:
+        """The teacher's sampled-token logprobs, made vocabulary-parallel: all the policy gradient needs of its head."""
+        ids = [t for r in rollouts for t in r.completion_ids]
+        ids = torch.tensor(ids, dtype=torch.long, device=signal.hidden.device)  # (N,)
+        cfg = self.config
+        logprobs = vocab_parallel_sampled_logprobs(
             signal.hidden,
             signal.head_weight,
             signal.head_bias,
-            weights,
+            ids,
             self.rows,
-            divergence=cfg.divergence,
-            beta=cfg.beta,
-            chunk_size=cfg.chunk_size,
-            temperature=self.config.rollout.temperature,
+            cfg.loss.chunk_size,
+            cfg.rollout.temperature,
         )
-        return loss, {"kl": kl}
+        return TeacherSignal("sampled", logprobs=logprobs)
 
 
 def reduce_metrics(totals: dict[str, float]) -> dict[str, float]:
