@@ -50,6 +50,8 @@ class LearnerRank:
         self.config, self.rank = config, rank
         self.world_size = config.learner.world_size
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":  # Ray makes the rank's one GPU the only visible one
+            self.device = torch.device("cuda", torch.cuda.current_device())
         torch.set_num_threads(config.train.threads or config.learner.cpus_per_rank)
 
     def address(self) -> str:

@@ -113,6 +113,12 @@ def poisoned(batch: LearnerBatch) -> LearnerBatch:
     return dataclasses.replace(batch, signals=signals)
 
 
+def truncated(batch: LearnerBatch) -> LearnerBatch:
+    """The batch with the first micro-batch's teacher signal one token short."""
+    signals = [dataclasses.replace(batch.signals[0], hidden=batch.signals[0].hidden[:-1]), *batch.signals[1:]]
+    return dataclasses.replace(batch, signals=signals)
+
+
 def test_ddp_group_matches_local_learner(cluster, reference):
     group = LearnerGroup(config_of("learner.world_size=2"), reference["initial"], reference["head"])
     try:
@@ -124,6 +130,11 @@ def test_ddp_group_matches_local_learner(cluster, reference):
         run_against_local(group, reference, [1], ship_head=True)  # a head that comes with the signal is used
         run_against_local(group, reference, [2])
         weights = group.weights()
+        # A rank that fails (here: one micro-batch's signal is a row short) would leave the other waiting in the
+        # gradient all-reduce: the group ends and the error comes back at once.
+        with pytest.raises(ray.exceptions.RayTaskError, match="token counts differ"):
+            group.update(LRS[0], headless(truncated(reference["batches"][0])))
+        assert group.ranks == []
     finally:
         group.close()
     # Three updates moved the weights (clipped steps of lr 1e-2..3e-2), and both learners moved them alike.
