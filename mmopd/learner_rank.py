@@ -93,16 +93,17 @@ class LearnerRank:
             wrapped = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
             wrapped.register_comm_hook(None, _sum_hook)  # DDP averages; contract 5 needs the sum
             return wrapped
-        layers = set(getattr(self.bundle.model, "_no_split_modules", None) or [])
-        for layer in self.bundle.model.modules():
-            if type(layer).__name__ in layers:
-                fully_shard(layer)
+        # Decoder layers run on every micro-batch; a media encoder may not (a text-only micro-batch), so it stays
+        # in the root's group, gathered by every rank's forward: per-encoder-block groups would not match up.
+        for layer in self.bundle.model.get_decoder().layers:
+            fully_shard(layer)
         fully_shard(module)
         for part in module.modules():
             if isinstance(part, FSDPModule):
                 # Sum over ranks; forced SUM because gloo has no PREMUL_SUM.
                 part.set_gradient_divide_factor(1.0)
                 part.set_force_sum_reduction_for_comms(True)
+                part.set_reduce_scatter_unused_params(True)  # zeros for parameters a rank's micro-batches left unused
         return module
 
     def _sync(self, last: bool):
