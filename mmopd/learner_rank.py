@@ -17,7 +17,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from mmopd.build import build_network_policy, build_student_and_tokenizer, build_task
@@ -151,14 +156,13 @@ class LearnerRank:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The full student state dict on CPU (rank 0; other ranks return an empty dict)."""
-        return self.state_dict(with_optimizer=False)["model"]
+        model = get_model_state_dict(self.bundle.model, options=FULL)
+        return model if self.rank == 0 else {}
 
-    def state_dict(self, with_optimizer: bool = True) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Full (gathered) model and AdamW state, keyed by parameter name, on CPU at rank 0 (empty elsewhere)."""
         model, optimizer = get_state_dict(self.bundle.model, self.optimizer, options=FULL)
-        if self.rank != 0:
-            return {"model": {}, "optimizer": {}}
-        return {"model": model, "optimizer": optimizer if with_optimizer else {}}
+        return {"model": model, "optimizer": optimizer} if self.rank == 0 else {"model": {}, "optimizer": {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load a `state_dict()` (model and AdamW state), re-sharding it for FSDP2."""
