@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import socket
 from contextlib import nullcontext
 from functools import partial
 from typing import Any
@@ -38,16 +37,6 @@ Share = list[tuple[dict[str, torch.Tensor], list[Rollout], TeacherSignal, float]
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def free_address() -> str:
-    """host:port for the TCP rendezvous: this node's address and a port free at the time of asking."""
-    import ray
-
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    return f"{ray.util.get_node_ip_address()}:{port}"
-
-
 class LearnerRank:
     """A Ray actor (see `LearnerGroup`); every method except `address` is collective over the group."""
 
@@ -60,7 +49,13 @@ class LearnerRank:
         torch.set_num_threads(config.train.threads or config.learner.cpus_per_rank)
 
     def address(self) -> str:
-        return free_address()
+        """Rank 0: open the group's rendezvous store on a port the OS picks (held from now on, so no other process
+        can take it before the ranks meet); its host:port."""
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        self.store = dist.TCPStore(host, 0, self.world_size, is_master=True, wait_for_workers=False)
+        return f"{host}:{self.store.port}"
 
     def setup(self, address: str, student_weights: dict[str, torch.Tensor], teacher_head) -> None:
         """Join the process group, build the student and load `student_weights`, wrap it, build AdamW."""
@@ -69,7 +64,10 @@ class LearnerRank:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=self.rank, world_size=self.world_size)
+        if self.rank != 0:
+            host, port = address.rsplit(":", 1)
+            self.store = dist.TCPStore(host, int(port), self.world_size, is_master=False)
+        dist.init_process_group(backend, store=self.store, rank=self.rank, world_size=self.world_size)
         build_network_policy(self.config)
         self.bundle, _ = build_student_and_tokenizer(self.config, build_task(self.config.data))
         self.bundle.model.load_state_dict(student_weights)
