@@ -90,17 +90,29 @@ class FusedKL(torch.autograd.Function):
                     grad_weight.addmm_(grad_logits.T, hidden * scale)
                 if grad_bias is not None:
                     grad_bias += (scale.T @ grad_logits).view(-1)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        ctx.dtypes = (s_hidden.dtype, s_weight.dtype, None if s_bias is None else s_bias.dtype)
-        ctx.mark_non_differentiable(reverse_kl_sum)
+        save_gradients(ctx, (grad_hidden, grad_weight, grad_bias), (s_hidden, s_weight, s_bias), reverse_kl_sum)
         return loss, reverse_kl_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_reverse_kl):
-        grads = [
-            None if grad is None else (grad * grad_loss).to(dtype) for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes)
-        ]
-        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None
+        return saved_gradients(ctx, grad_loss, inputs=10)
+
+
+def save_gradients(ctx, grads: tuple, inputs: tuple, logged: Tensor) -> None:
+    """Keep gradients made in the forward pass for `saved_gradients`, with the dtypes of the `inputs` they belong
+    to; `logged` (a detached statistic among the outputs) gets none."""
+    ctx.save_for_backward(*grads)
+    ctx.dtypes = tuple(None if tensor is None else tensor.dtype for tensor in inputs)
+    ctx.mark_non_differentiable(logged)
+
+
+def saved_gradients(ctx, grad_loss: Tensor, inputs: int) -> tuple:
+    """Backward of a loss whose forward saved its inputs' gradients (and `ctx.dtypes`): them times the incoming
+    gradient, each in its input's dtype, then None for the remaining of the `inputs` inputs."""
+    grads = [
+        None if grad is None else (grad * grad_loss).to(dtype) for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes)
+    ]
+    return (*grads, *[None] * (inputs - len(grads)))
 
 
 def fused_kl(

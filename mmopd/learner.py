@@ -115,8 +115,10 @@ def student_loss(
     signal: TeacherSignal,
     supervised_tokens: int,
     config: Config,
+    divergence_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]] = chunked_divergence,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The micro-batch's share of the loss, normalised by the whole step's supervised-token count."""
+    """The micro-batch's share of the loss, normalised by the whole step's supervised-token count. `divergence_fn`
+    takes `chunked_divergence`'s arguments (the learner group passes its vocabulary-parallel form)."""
     if signal.cross is not None:
         return cross_tokenizer_loss(student, prompt, rollouts, signal, supervised_tokens, config)
     completions = [r.completion_ids for r in rollouts]
@@ -128,7 +130,7 @@ def student_loss(
     behaviour = torch.tensor([lp for r in rollouts for lp in r.behaviour_logprobs], device=hidden.device)  # (N,)
     weights, correction = off_policy_correction(hidden, weight, bias, ids, behaviour, weights, config)
     if cfg.kind == "divergence":
-        loss, kl = chunked_divergence(
+        loss, kl = divergence_fn(
             hidden,
             weight,
             bias,

@@ -38,7 +38,7 @@ class LearnerGroup:
 
         self.config = config
         cfg = config.learner
-        gpus = 1 if config.device in ("cuda", "auto") and torch.cuda.is_available() else 0
+        gpus = 1 if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else 0
         actor = ray.remote(num_cpus=cfg.cpus_per_rank, num_gpus=gpus)(LearnerRank)
         self.ranks = [actor.remote(config, rank) for rank in range(cfg.world_size)]
         address = ray.get(self.ranks[0].address.remote())
@@ -48,18 +48,28 @@ class LearnerGroup:
 
     def _call(self, method: str, *args) -> list[Any]:
         """Run `method` on every rank at once (they are collective) and wait for all the results."""
+        return self._results([getattr(rank, method).remote(*args) for rank in self.ranks])
+
+    def _results(self, pending: list) -> list[Any]:
+        """Every rank's result. A rank that fails leaves the others waiting in a collective for good: the group is
+        ended and the rank's error raised."""
         import ray
 
-        return ray.get([getattr(rank, method).remote(*args) for rank in self.ranks])
+        refs = list(pending)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done)
+            except Exception:
+                self.close(wait=False)
+                raise
+        return ray.get(refs)
 
     def update(self, lr: float, batch: LearnerBatch) -> dict[str, Any]:
         """One optimizer step on the batch: its metrics (loss, kl, grad_norm, lr, ...), summed over ranks."""
-        import ray
-
         shares = split_batch(batch, len(self.ranks))
-        record = ray.get([rank.update.remote(lr, share, batch.supervised) for rank, share in zip(self.ranks, shares)])[
-            0
-        ]
+        calls = [rank.update.remote(lr, share, batch.supervised) for rank, share in zip(self.ranks, shares)]
+        record = self._results(calls)[0]
         record.update(alignment_metrics(batch.signals, record))
         return record
 
@@ -96,14 +106,15 @@ class LearnerGroup:
         self.load_state_dict({"model": bundle.model.state_dict(), "optimizer": saved["optimizer"]})
         return saved
 
-    def close(self) -> None:
-        """Leave the process group and end the rank actors."""
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group (`wait`: once every rank is done) and end the rank actors."""
         import ray
 
-        self._call("close")
-        for rank in self.ranks:
+        ranks, self.ranks = self.ranks, []
+        if wait:
+            ray.get([rank.close.remote() for rank in ranks])
+        for rank in ranks:
             ray.kill(rank)
-        self.ranks = []
 
 
 def build_learner(config: Config, bundle: ModelBundle, teacher_head) -> Learner:

@@ -9,13 +9,19 @@ are summed (not averaged) over ranks, so one update equals `LocalLearner`'s on t
 from __future__ import annotations
 
 import dataclasses
-import socket
+import math
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from mmopd.build import build_network_policy, build_student_and_tokenizer, build_task
@@ -23,23 +29,12 @@ from mmopd.config import Config
 from mmopd.learner import build_optimizer, optimizer_step, student_loss
 from mmopd.models import ModelBundle, output_head, resolve_device
 from mmopd.sample import Rollout, TeacherSignal
-from mmopd.views import completion_hidden_states
 from mmopd.vocab_parallel import vocab_parallel_divergence, vocab_parallel_sampled_logprobs, vocab_rows
 
 # (the student's collated prompt, its rollouts, the teacher's signal, 1 or 0: 0 pads a rank that has fewer
 # micro-batches than others, so that every rank runs the same collectives)
 Share = list[tuple[dict[str, torch.Tensor], list[Rollout], TeacherSignal, float]]
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def free_address() -> str:
-    """host:port for the TCP rendezvous: this node's address and a port free at the time of asking."""
-    import ray
-
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    return f"{ray.util.get_node_ip_address()}:{port}"
 
 
 class LearnerRank:
@@ -49,10 +44,18 @@ class LearnerRank:
         self.config, self.rank = config, rank
         self.world_size = config.learner.world_size
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":  # Ray makes the rank's one GPU the only visible one
+            self.device = torch.device("cuda", torch.cuda.current_device())
         torch.set_num_threads(config.train.threads or config.learner.cpus_per_rank)
 
     def address(self) -> str:
-        return free_address()
+        """Rank 0: open the group's rendezvous store on a port the OS picks (held from now on, so no other process
+        can take it before the ranks meet); its host:port."""
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        self.store = dist.TCPStore(host, 0, self.world_size, is_master=True, wait_for_workers=False)
+        return f"{host}:{self.store.port}"
 
     def setup(self, address: str, student_weights: dict[str, torch.Tensor], teacher_head) -> None:
         """Join the process group, build the student and load `student_weights`, wrap it, build AdamW."""
@@ -61,7 +64,10 @@ class LearnerRank:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=self.rank, world_size=self.world_size)
+        if self.rank != 0:
+            host, port = address.rsplit(":", 1)
+            self.store = dist.TCPStore(host, int(port), self.world_size, is_master=False)
+        dist.init_process_group(backend, store=self.store, rank=self.rank, world_size=self.world_size)
         build_network_policy(self.config)
         self.bundle, _ = build_student_and_tokenizer(self.config, build_task(self.config.data))
         self.bundle.model.load_state_dict(student_weights)
@@ -90,16 +96,17 @@ class LearnerRank:
             wrapped = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
             wrapped.register_comm_hook(None, _sum_hook)  # DDP averages; contract 5 needs the sum
             return wrapped
-        layers = set(getattr(self.bundle.model, "_no_split_modules", None) or [])
-        for layer in self.bundle.model.modules():
-            if type(layer).__name__ in layers:
-                fully_shard(layer)
+        # Decoder layers run on every micro-batch; a media encoder may not (a text-only micro-batch), so it stays
+        # in the root's group, gathered by every rank's forward: per-encoder-block groups would not match up.
+        for layer in self.bundle.model.get_decoder().layers:
+            fully_shard(layer)
         fully_shard(module)
         for part in module.modules():
             if isinstance(part, FSDPModule):
                 # Sum over ranks; forced SUM because gloo has no PREMUL_SUM.
                 part.set_gradient_divide_factor(1.0)
                 part.set_force_sum_reduction_for_comms(True)
+                part.set_reduce_scatter_unused_params(True)  # zeros for parameters a rank's micro-batches left unused
         return module
 
     def _sync(self, last: bool):
@@ -147,14 +154,13 @@ class LearnerRank:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The full student state dict on CPU (rank 0; other ranks return an empty dict)."""
-        return self.state_dict(with_optimizer=False)["model"]
+        model = get_model_state_dict(self.bundle.model, options=FULL)
+        return model if self.rank == 0 else {}
 
-    def state_dict(self, with_optimizer: bool = True) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Full (gathered) model and AdamW state, keyed by parameter name, on CPU at rank 0 (empty elsewhere)."""
         model, optimizer = get_state_dict(self.bundle.model, self.optimizer, options=FULL)
-        if self.rank != 0:
-            return {"model": {}, "optimizer": {}}
-        return {"model": model, "optimizer": optimizer if with_optimizer else {}}
+        return {"model": model, "optimizer": optimizer} if self.rank == 0 else {"model": {}, "optimizer": {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load a `state_dict()` (model and AdamW state), re-sharding it for FSDP2."""
@@ -182,48 +188,30 @@ class StudentLoss(torch.nn.Module):
         self.bundle, self.config, self.rows = bundle, config, rows
 
     def forward(self, prompt, rollouts, signal, supervised: int, scale: float):
+        # A padding micro-batch (scale 0) weighs its tokens 1 / inf = 0: it runs every collective, adds nothing.
+        supervised = supervised if scale else math.inf
         if self.rows is None:
-            loss, stats = student_loss(self.bundle, prompt, rollouts, signal, supervised, self.config)
-            return loss * scale, {key: value * scale for key, value in stats.items()}
-        return self._vocab_parallel(prompt, rollouts, signal, supervised, scale)
-
-    def _vocab_parallel(self, prompt, rollouts, signal, supervised: int, scale: float):
-        completions = [r.completion_ids for r in rollouts]
+            return student_loss(self.bundle, prompt, rollouts, signal, supervised, self.config)
         if self.config.loss.kind == "policy_gradient":
-            # Only the teacher's sampled-token logprobs need its head: made vocabulary-parallel, then the usual loss.
-            ids = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=signal.hidden.device)
-            logprobs = vocab_parallel_sampled_logprobs(
-                signal.hidden,
-                signal.head_weight,
-                signal.head_bias,
-                ids,
-                self.rows,
-                self.config.loss.chunk_size,
-                self.config.rollout.temperature,
-            )
-            sampled = TeacherSignal("sampled", logprobs=logprobs)
-            loss, stats = student_loss(self.bundle, prompt, rollouts, sampled, supervised, self.config)
-            return loss * scale, {key: value * scale for key, value in stats.items()}
-        hidden = completion_hidden_states(self.bundle, prompt, completions)  # (N, H)
-        # The padding scale goes into the token weights: the collective's gradient must not depend on this rank.
-        weights = torch.full((hidden.shape[0],), scale / supervised, device=hidden.device)  # (N,)
-        weight, bias = output_head(self.bundle)
-        cfg = self.config.loss
-        loss, kl = vocab_parallel_divergence(
-            hidden,
-            weight,
-            bias,
+            signal = self._sampled(signal, rollouts)
+        divergence = partial(vocab_parallel_divergence, rows=self.rows)
+        return student_loss(self.bundle, prompt, rollouts, signal, supervised, self.config, divergence)
+
+    def _sampled(self, signal: TeacherSignal, rollouts: list[Rollout]) -> TeacherSignal:
+        """The teacher's sampled-token logprobs, made vocabulary-parallel: all the policy gradient needs of its head."""
+        ids = [t for r in rollouts for t in r.completion_ids]
+        ids = torch.tensor(ids, dtype=torch.long, device=signal.hidden.device)  # (N,)
+        cfg = self.config
+        logprobs = vocab_parallel_sampled_logprobs(
             signal.hidden,
             signal.head_weight,
             signal.head_bias,
-            weights,
+            ids,
             self.rows,
-            divergence=cfg.divergence,
-            beta=cfg.beta,
-            chunk_size=cfg.chunk_size,
-            temperature=self.config.rollout.temperature,
+            cfg.loss.chunk_size,
+            cfg.rollout.temperature,
         )
-        return loss, {"kl": kl}
+        return TeacherSignal("sampled", logprobs=logprobs)
 
 
 def reduce_metrics(totals: dict[str, float]) -> dict[str, float]:

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mmopd.fused_kl import save_gradients, saved_gradients
 from mmopd.losses import LOSSES, reverse_kl
 
 # Suppressed ids carry a -inf bias; a finite floor keeps differences of log-probabilities finite (as in fused_kl).
@@ -92,21 +93,17 @@ class VocabParallelDivergence(torch.autograd.Function):
             loss = scale[mine] @ per_token[mine]
             reverse_kl_sum = scale[mine] @ reverse[mine]
         needs = ctx.needs_input_grad
-        ctx.save_for_backward(
+        grads = (
             grad_hidden[mine] if needs[0] else None,
             grad_weight if needs[1] else None,
             grad_bias if needs[2] and s_bias is not None else None,
         )
-        ctx.dtypes = (s_hidden.dtype, s_weight.dtype, None if s_bias is None else s_bias.dtype)
-        ctx.mark_non_differentiable(reverse_kl_sum)
+        save_gradients(ctx, grads, (s_hidden, s_weight, s_bias), reverse_kl_sum)
         return loss, reverse_kl_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_reverse_kl):
-        grads = [
-            None if grad is None else (grad * grad_loss).to(dtype) for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes)
-        ]
-        return grads[0], grads[1], grads[2], None, None, None, None, None, None, None
+        return saved_gradients(ctx, grad_loss, inputs=10)
 
 
 def _log_partition(hidden, teacher, student_head, teacher_head, temperature, chunks, group) -> Tensor:

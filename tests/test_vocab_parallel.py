@@ -4,8 +4,6 @@ vocabulary-parallel sampled-token logprobs equal `sampled_logprobs`."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -43,8 +41,8 @@ def close(actual: torch.Tensor, expected: torch.Tensor, dtype) -> bool:
     return bool((actual - expected).abs().max() <= TOLERANCE[dtype] * expected.abs().max().clamp_min(1e-30))
 
 
-def _rank(rank: int, port: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _rank(rank: int, store: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         for dtype in (torch.float64, torch.float32):
             data = problem(dtype)
@@ -110,11 +108,9 @@ def _check_sampled(rank, data, rows, dtype) -> None:
     assert close(actual, expected, dtype), (f"sampled {dtype} rank {rank}", actual, expected)
 
 
-def test_vocab_parallel_divergence_equals_the_unsharded_one_in_loss_and_gradients():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.start_processes(_rank, args=(port,), nprocs=2, start_method="spawn")
+def test_vocab_parallel_divergence_equals_the_unsharded_one_in_loss_and_gradients(tmp_path):
+    # A file rendezvous: no port to race other processes for.
+    mp.start_processes(_rank, args=(str(tmp_path / "store"),), nprocs=2, start_method="spawn")
 
 
 def test_head_rows_must_match_the_slice():
