@@ -9,8 +9,10 @@ text) and KDFlow (1:1 positions only), a rollout whose sides cannot cover identi
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmopd.align import AlignmentError, align, byte_table, concat_alignments, tokenize_exact, vocab_map
@@ -39,13 +41,32 @@ class CrossTokenizerTeacher:
         return self.teacher.prepare(sample)
 
     def teacher_ids(self, rollout: Rollout) -> list[int]:
-        """The teacher's tokens of exactly the rollout's bytes, then its end token if the student stopped."""
+        """The teacher's tokens of exactly the rollout's bytes, then its end token if the student stopped.
+
+        A byte-less token the student sampled mid-completion (a special such as `<|im_start|>`) becomes the
+        teacher's token of the same name at the same byte offset, the bytes on either side tokenised apart,
+        so the teacher scores it (the same-tokenizer path does). One the teacher lacks has no counterpart."""
         if self.identical:
             return list(rollout.completion_ids)
-        ids = tokenize_exact(self.teacher_tokenizer, rollout.completion_bytes)
-        if rollout.finish_reason == "stop":
+        stop = rollout.finish_reason == "stop"
+        body = rollout.completion_ids[:-1] if stop else rollout.completion_ids
+        ids, start = [], 0
+        for offset, student_id in byteless_tokens(body, byte_table(self.student_tokenizer)):
+            ids += tokenize_exact(self.teacher_tokenizer, rollout.completion_bytes[start:offset])
+            start = offset
+            if student_id in self.paired_specials:
+                ids.append(self.paired_specials[student_id])
+        ids += tokenize_exact(self.teacher_tokenizer, rollout.completion_bytes[start:])
+        if stop:
             ids = [*ids, self.teacher_tokenizer.eos_token_id]
         return ids
+
+    @cached_property
+    def paired_specials(self) -> dict[int, int]:
+        """Student id → teacher id of the byte-less tokens the shared vocabulary pairs (specials by name)."""
+        lengths = byte_table(self.student_tokenizer).lengths
+        shared = vocab_map(self.student_tokenizer, self.teacher_tokenizer)
+        return {s: t for s, t in zip(shared.student_ids.tolist(), shared.teacher_ids.tolist()) if lengths[s] == 0}
 
     @torch.no_grad()
     def score(
@@ -78,3 +99,10 @@ class CrossTokenizerTeacher:
             return TeacherSignal(kind="none", cross=view)
         signal = self.teacher.score([p for p, keep in zip(prepared, kept) if keep], teacher_ids)
         return replace(signal, cross=view)
+
+
+def byteless_tokens(ids: list[int], table) -> list[tuple[int, int]]:
+    """(byte offset, id) of each token of `ids` that has no bytes, in order."""
+    lengths = table.lengths[np.asarray(ids, dtype=np.int64)]  # (N,)
+    ends = np.cumsum(lengths)  # (N,)
+    return [(int(ends[i]), ids[i]) for i in np.flatnonzero(lengths == 0)]
