@@ -62,6 +62,7 @@ def loss_and_grads(student, prompt, rollouts, signal, supervised, config):
     [
         ("loss.kind=divergence", "loss.divergence=reverse_kl"),
         ("loss.kind=divergence", "loss.divergence=jsd", "loss.beta=0.3"),
+        ("loss.kind=divergence", "loss.divergence=reverse_kl", "loss.cross_tokenizer=shared_bytes"),
         ("loss.kind=policy_gradient",),
         ("loss.kind=policy_gradient", "teacher.signal=sampled"),
     ],
@@ -89,7 +90,7 @@ def test_identical_tokenizers_give_the_same_loss_and_gradients(task, student, te
         assert torch.allclose(cross_grads[name], grad, atol=1e-6, rtol=0), name
 
 
-@pytest.mark.parametrize("tier", ["shared", "alm", "uld", "gold"])
+@pytest.mark.parametrize("tier", ["shared", "shared_bytes", "alm", "uld", "gold"])
 def test_a_misaligned_rollout_leaves_the_loss_exactly(task, student, processors, tier):
     other = train_bpe_tokenizer(task.corpus(), 272)
     teacher_bundle = build_tiny(ModelConfig(family="qwen2", seed=2, **TINY), other)
