@@ -41,11 +41,13 @@ class CrossTokenizerTeacher:
         return self.teacher.prepare(sample)
 
     def teacher_ids(self, rollout: Rollout) -> list[int]:
-        """The teacher's tokens of exactly the rollout's bytes, then its end token if the student stopped.
+        """The teacher's tokens of exactly the rollout's bytes, then, if the student stopped, the teacher's
+        token of its stop's name (the same event) or else the teacher's own end token.
 
         A byte-less token the student sampled mid-completion (a special such as `<|im_start|>`) becomes the
         teacher's token of the same name at the same byte offset, the bytes on either side tokenised apart,
-        so the teacher scores it (the same-tokenizer path does). One the teacher lacks has no counterpart."""
+        so the teacher scores it (the same-tokenizer path does). One the teacher lacks has no counterpart
+        (and is never sampled: `unscorable_ids`)."""
         if self.identical:
             return list(rollout.completion_ids)
         stop = rollout.finish_reason == "stop"
@@ -57,9 +59,19 @@ class CrossTokenizerTeacher:
             if student_id in self.paired_specials:
                 ids.append(self.paired_specials[student_id])
         ids += tokenize_exact(self.teacher_tokenizer, rollout.completion_bytes[start:])
-        if stop:
-            ids = [*ids, self.teacher_tokenizer.eos_token_id]
+        if stop:  # the same-named stop where the teacher has one (the same event), else its own end token
+            ids = [*ids, self.paired_specials.get(rollout.completion_ids[-1], self.teacher_tokenizer.eos_token_id)]
         return ids
+
+    def unscorable_ids(self, stop_ids: list[int]) -> tuple[int, ...]:
+        """Byte-less student ids other than stops that the teacher has no token for. The teacher gives them
+        probability 0, so a reverse-KL student should never sample them; left samplable, the teacher could
+        not score them and nothing would penalise them (a policy-gradient run collapsed onto one)."""
+        if self.identical:
+            return ()
+        lengths, stops = byte_table(self.student_tokenizer).lengths, set(stop_ids)
+        byteless = np.flatnonzero(lengths == 0).tolist()
+        return tuple(i for i in byteless if i not in stops and i not in self.paired_specials)
 
     @cached_property
     def paired_specials(self) -> dict[int, int]:

@@ -114,3 +114,8 @@ def test_a_sampled_special_is_scored_by_the_teachers_token_of_the_same_name(task
     student_chunks = [int(alignment.student_chunk[i]) for i, t in enumerate(ids) if t == special]
     teacher_chunks = [int(alignment.teacher_chunk[i]) for i, t in enumerate(teacher_ids) if t == teacher_special]
     assert student_chunks == teacher_chunks
+    # A stop the teacher has by name ends the teacher's ids as itself; the student's EOS as the teacher's.
+    for stop in ("<|endoftext|>", tokenizer.eos_token):
+        ended = dataclasses.replace(rollout, completion_ids=[*words, tokenizer.convert_tokens_to_ids(stop)])
+        ended = dataclasses.replace(ended, completion_bytes=byte_table(tokenizer).join(words), finish_reason="stop")
+        assert teacher.teacher_ids(ended)[-1] == other.convert_tokens_to_ids(stop)
