@@ -2,8 +2,9 @@
 
 Chunks come from `mmopd.align`: spans of the completion's bytes where student and teacher token
 boundaries meet. Exact: chunk log-likelihoods by the chain rule (sampled path), and full distributions at
-1:1 chunks over the shared vocabulary plus one "other" bucket. Approximate baselines: ULD (Boizard et al.
-2024) and TRL GOLD's hybrid. Pure functions, fp32, chunked like mmopd.losses, weighted per student token.
+1:1 chunks over the shared vocabulary plus one "other" bucket (or one per first byte). Approximate
+baselines: ULD (Boizard et al. 2024) and TRL GOLD's hybrid. Pure functions, fp32, chunked like
+mmopd.losses, weighted per student token.
 """
 
 from __future__ import annotations
@@ -56,9 +57,12 @@ def shared_vocab(
     teacher_other[teacher_ids] = False
     if first_bytes is None:
         return SharedVocab(student_ids, teacher_ids, student_other, teacher_other)
+    # Rows of an output head beyond the tokenizer (padding) have no bytes: the byte-less bucket.
     student_first, teacher_first = (
-        first[:size].to(student_ids.device) for first, size in zip(first_bytes, (student_size, teacher_size))
+        torch.full((size,), 256, dtype=torch.long).index_copy(0, torch.arange(min(size, len(first))), first[:size])
+        for first, size in zip(first_bytes, (student_size, teacher_size))
     )
+    student_first, teacher_first = student_first.to(student_ids.device), teacher_first.to(student_ids.device)
     labels = torch.unique(torch.cat([student_first[student_other], teacher_first[teacher_other]]))  # (G,) sorted
     student_bucket = torch.searchsorted(labels, student_first).masked_fill(~student_other, -1)  # (V_s,)
     teacher_bucket = torch.searchsorted(labels, teacher_first).masked_fill(~teacher_other, -1)  # (V_t,)
@@ -226,22 +230,14 @@ def bucket_divergence_is_finite(vocab: SharedVocab, divergence: str, beta: float
 def shared_plus_other(
     student_logprobs: Tensor, teacher_logprobs: Tensor, vocab: SharedVocab, divergence: str, beta: float
 ) -> Tensor:
-    """EXACT where events coincide (1:1 chunks): divergence of the (shared + 1)-way distributions, per row."""
-    student = with_other_bucket(
-        student_logprobs,
-        vocab.student_ids,
-        vocab.student_other,
-        vocab.has_other,
-        vocab.student_bucket,
-        vocab.num_buckets,
-    )
-    teacher = with_other_bucket(
-        teacher_logprobs,
-        vocab.teacher_ids,
-        vocab.teacher_other,
-        vocab.has_other,
-        vocab.teacher_bucket,
-        vocab.num_buckets,
+    """EXACT where events coincide (1:1 chunks): divergence of the (shared + G)-way distributions, per row:
+    the shared ids and the remaining mass, in one bucket (G = 1) or one per first byte (`shared_bytes`)."""
+    student, teacher = (
+        with_other_bucket(logprobs, ids, other, vocab.has_other, bucket, vocab.num_buckets)
+        for logprobs, ids, other, bucket in (
+            (student_logprobs, vocab.student_ids, vocab.student_other, vocab.student_bucket),
+            (teacher_logprobs, vocab.teacher_ids, vocab.teacher_other, vocab.teacher_bucket),
+        )
     )
     return LOSSES.get(divergence)(student, teacher, beta)  # (n,)
 
@@ -340,8 +336,8 @@ def chunked_pair_loss(
     pair_loss = PAIR_LOSSES[tier]
     if tier in EXACT_TIERS and not bucket_divergence_is_finite(vocab, divergence, beta):
         raise ValueError(
-            f"loss.divergence={divergence} is infinite on these vocabularies: one side has no ids outside the "
-            "shared vocabulary, so its 'other' bucket is exactly 0 where the other side's is not; use jsd, tv or "
+            f"loss.divergence={divergence} is infinite on these vocabularies: one side has no ids in an 'other' "
+            "bucket (outside the shared vocabulary), so it is exactly 0 where the other side's is not; use jsd, tv or "
             "skew_reverse_kl, loss.cross_tokenizer=alm, or loss.kind=policy_gradient"
         )
     loss, (student_mass, teacher_mass) = checkpointed_chunks(
