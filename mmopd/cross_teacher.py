@@ -1,8 +1,8 @@
 """A teacher whose tokenizer differs from the student's: it scores the exact bytes the student sampled.
 
 The teacher reads its own rendering of the prompt (contract 2), tokenizes the rollout's completion bytes
-exactly (never the student's decoded text), appends its own end token when the student sampled EOS, and
-ships its signal with the byte alignment (contract 3). Unlike TRL's GOLD (the student's template, re-tokenised
+exactly (never the student's decoded text), keeps the student's sampled specials and stop as its own tokens
+of the same name (else its end token for a stop), and ships its signal with the byte alignment (contract 3). Unlike TRL's GOLD (the student's template, re-tokenised
 text) and KDFlow (1:1 positions only), a rollout whose sides cannot cover identical bytes is dropped and reported.
 """
 
