@@ -24,6 +24,7 @@ import mmopd.tasks.motion  # noqa: F401
 import mmopd.tasks.shapes  # noqa: F401
 import mmopd.tasks.tones  # noqa: F401
 from mmopd.config import Config, ConfigError, DataConfig, ModelConfig
+from mmopd.cross_teacher import CrossTokenizerTeacher
 from mmopd.evaluate import evaluate
 from mmopd.models import ModelBundle, build_model, go_offline, is_hub_id, qwen_tokenizer, train_bpe_tokenizer
 from mmopd.registry import PROCESSORS, TASKS
@@ -177,6 +178,9 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
             config.rollout.temperature,
             config.loss.chunk_size,
         )
+        if isinstance(teacher, CrossTokenizerTeacher):
+            # What the teacher cannot score is never sampled, as media placeholders are not (contract 6).
+            student.unscorable = teacher.unscorable_ids(student.stop_ids())
     engine = build_engine(config.rollout, student)
     return Parts(config, task, processors, student, teacher, engine, run_dir / "skipped.txt")
 

@@ -208,14 +208,17 @@ class LossConfig:
     cross_tokenizer: str = "shared"
     """Loss tier when the teacher's tokenizer differs (kind divergence; policy_gradient always uses exact chunk
     log-likelihoods): shared (exact: the divergence over shared ids + one "other" bucket at 1:1 chunks, the
-    binarised chunk-likelihood divergence elsewhere) | alm (chunk likelihoods only) | uld | gold (approximate
-    baselines: sorted-probability ULD; GOLD's shared-ids divergence + ULD on the rest)."""
+    binarised chunk-likelihood divergence elsewhere) | shared_bytes (as shared, the other ids bucketed by
+    their first byte) | alm (chunk likelihoods only) | uld | gold (approximate baselines: sorted-probability
+    ULD; GOLD's shared-ids divergence + ULD on the rest)."""
 
     def __post_init__(self):
         if self.kind not in ("divergence", "policy_gradient"):
             raise ConfigError(f"loss.kind must be divergence or policy_gradient, got {self.kind!r}")
-        if self.cross_tokenizer not in ("shared", "alm", "uld", "gold"):
-            raise ConfigError(f"loss.cross_tokenizer must be shared, alm, uld or gold, got {self.cross_tokenizer!r}")
+        if self.cross_tokenizer not in ("shared", "shared_bytes", "alm", "uld", "gold"):
+            raise ConfigError(
+                f"loss.cross_tokenizer must be shared, shared_bytes, alm, uld or gold, got {self.cross_tokenizer!r}"
+            )
 
 
 @dataclass(frozen=True)

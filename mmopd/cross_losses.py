@@ -2,8 +2,9 @@
 
 Chunks come from `mmopd.align`: spans of the completion's bytes where student and teacher token
 boundaries meet. Exact: chunk log-likelihoods by the chain rule (sampled path), and full distributions at
-1:1 chunks over the shared vocabulary plus one "other" bucket. Approximate baselines: ULD (Boizard et al.
-2024) and TRL GOLD's hybrid. Pure functions, fp32, chunked like mmopd.losses, weighted per student token.
+1:1 chunks over the shared vocabulary plus one "other" bucket (or one per first byte). Approximate
+baselines: ULD (Boizard et al. 2024) and TRL GOLD's hybrid. Pure functions, fp32, chunked like
+mmopd.losses, weighted per student token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mmopd.losses import _floor, _logprobs, checkpointed_chunks, policy_gradient
 from mmopd.registry import LOSSES
 
 PairLoss = Callable[[Tensor, Tensor, "SharedVocab", str, float], Tensor]
+EXACT_TIERS = ("shared", "shared_bytes")  # full distributions at 1:1 chunks, chunk likelihoods elsewhere
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class SharedVocab:
     teacher_ids: Tensor  # (S,)
     student_other: Tensor  # (V_s,) bool: student ids with no teacher counterpart
     teacher_other: Tensor  # (V_t,) bool
+    student_bucket: Tensor | None = None  # (V_s,) long: bucket of each id outside the map (None: one bucket)
+    teacher_bucket: Tensor | None = None  # (V_t,) long
+    num_buckets: int = 1
 
     @property
     def has_other(self) -> bool:
@@ -36,13 +41,34 @@ class SharedVocab:
         return bool(self.student_other.any() or self.teacher_other.any())
 
 
-def shared_vocab(student_ids: Tensor, teacher_ids: Tensor, student_size: int, teacher_size: int) -> SharedVocab:
-    """A `SharedVocab` from a vocabulary map's paired ids and each side's vocabulary size."""
+def shared_vocab(
+    student_ids: Tensor,
+    teacher_ids: Tensor,
+    student_size: int,
+    teacher_size: int,
+    first_bytes: tuple[Tensor, Tensor] | None = None,
+) -> SharedVocab:
+    """A `SharedVocab` from a vocabulary map's paired ids and each side's vocabulary size. With `first_bytes`
+    (each side's (V,) first byte of every id, 256 for byte-less ones) the ids outside the map are bucketed by
+    first byte, each bucket labelled the same on both sides; else they form one bucket."""
     student_other = torch.ones(student_size, dtype=torch.bool, device=student_ids.device)  # (V_s,)
     teacher_other = torch.ones(teacher_size, dtype=torch.bool, device=teacher_ids.device)  # (V_t,)
     student_other[student_ids] = False
     teacher_other[teacher_ids] = False
-    return SharedVocab(student_ids, teacher_ids, student_other, teacher_other)
+    if first_bytes is None:
+        return SharedVocab(student_ids, teacher_ids, student_other, teacher_other)
+    # Rows of an output head beyond the tokenizer (padding) have no bytes: the byte-less bucket.
+    student_first, teacher_first = (
+        torch.full((size,), 256, dtype=torch.long).index_copy(0, torch.arange(min(size, len(first))), first[:size])
+        for first, size in zip(first_bytes, (student_size, teacher_size))
+    )
+    student_first, teacher_first = student_first.to(student_ids.device), teacher_first.to(student_ids.device)
+    labels = torch.unique(torch.cat([student_first[student_other], teacher_first[teacher_other]]))  # (G,) sorted
+    student_bucket = torch.searchsorted(labels, student_first).masked_fill(~student_other, -1)  # (V_s,)
+    teacher_bucket = torch.searchsorted(labels, teacher_first).masked_fill(~teacher_other, -1)  # (V_t,)
+    return SharedVocab(
+        student_ids, teacher_ids, student_other, teacher_other, student_bucket, teacher_bucket, labels.numel()
+    )
 
 
 def chunk_sums(token_values: Tensor, token_chunk: Tensor, num_chunks: int) -> Tensor:
@@ -144,15 +170,25 @@ def chunk_likelihood_divergence(
     return loss, loss.detach()
 
 
-def with_other_bucket(logprobs: Tensor, shared_ids: Tensor, other: Tensor, add_bucket: bool) -> Tensor:
-    """(n, V) log-probabilities → (n, S [+ 1]): the shared ids, then the log of all remaining mass.
+def with_other_bucket(
+    logprobs: Tensor,
+    shared_ids: Tensor,
+    other: Tensor,
+    add_bucket: bool,
+    bucket: Tensor | None = None,
+    num_buckets: int = 1,
+) -> Tensor:
+    """(n, V) log-probabilities → (n, S [+ G]): the shared ids, then the log of all remaining mass, in one
+    bucket or, with `bucket` (V,) ids → 0..G−1 (−1 on shared ids), in G buckets.
 
-    The bucket is not renormalised away. A side with no ids outside the map gets an exact log 0 = −inf
+    Buckets are not renormalised away. A bucket with no ids on this side gets an exact log 0 = −inf
     constant (the divergences floor it, so 0·log 0 contributes 0 and no NaN gradient).
     """
     shared = logprobs[:, shared_ids]  # (n, S)
     if not add_bucket:
         return shared
+    if bucket is not None:
+        return torch.cat([shared, bucket_logmass(logprobs, bucket, num_buckets)], dim=-1)  # (n, S + G)
     if bool(other.any()):
         # Flooring first keeps logsumexp's backward finite when every remaining id is suppressed (−inf).
         rest = _floor(logprobs).masked_fill(~other, float("-inf")).logsumexp(-1, keepdim=True)  # (n, 1)
@@ -161,23 +197,48 @@ def with_other_bucket(logprobs: Tensor, shared_ids: Tensor, other: Tensor, add_b
     return torch.cat([shared, rest], dim=-1)  # (n, S + 1)
 
 
+def bucket_logmass(logprobs: Tensor, bucket: Tensor, num_buckets: int) -> Tensor:
+    """(n, V) log-probabilities → (n, G) log of the mass in each bucket; −inf where a bucket has no ids."""
+    members = (bucket >= 0).nonzero().squeeze(1)  # (O,)
+    mass = logprobs.new_zeros(logprobs.shape[0], num_buckets).index_add(
+        1, bucket[members], _floor(logprobs[:, members]).exp()
+    )  # (n, G)
+    present = torch.zeros(num_buckets, dtype=torch.bool, device=logprobs.device)
+    present[bucket[members]] = True
+    # An underflowing bucket is floored with zero gradient; an absent one is exactly log 0.
+    return mass.clamp_min(torch.finfo(mass.dtype).tiny).log().masked_fill(~present, float("-inf"))
+
+
 def bucket_divergence_is_finite(vocab: SharedVocab, divergence: str, beta: float) -> bool:
-    """Whether `divergence` stays finite when one side's bucket is structurally empty (its vocabulary lies
-    inside the map) and the other's is not: e.g. reverse KL is infinite with an empty teacher bucket."""
-    student_other, teacher_other = bool(vocab.student_other.any()), bool(vocab.teacher_other.any())
-    if student_other == teacher_other:
-        return True
+    """Whether `divergence` stays finite when a bucket is structurally empty on one side (no ids of that side
+    fall in it) and not on the other: e.g. reverse KL is infinite with an empty teacher bucket."""
+    if vocab.student_bucket is None:
+        student_has, teacher_has = vocab.student_other.any()[None], vocab.teacher_other.any()[None]  # (1,)
+    else:
+        student_has, teacher_has = (
+            torch.zeros(vocab.num_buckets, dtype=torch.bool).index_fill(0, b[b >= 0].cpu(), True)
+            for b in (vocab.student_bucket, vocab.teacher_bucket)
+        )  # (G,)
     half, empty = torch.tensor([[-math.log(2.0)] * 2]), torch.tensor([[0.0, float("-inf")]])  # (1, 2)
-    probe = LOSSES.get(divergence)(half if student_other else empty, half if teacher_other else empty, beta)
-    return bool(probe.abs() < 1e3)
+    for student_only in {bool(x) for x in student_has[student_has != teacher_has]}:
+        probe = LOSSES.get(divergence)(half if student_only else empty, empty if student_only else half, beta)
+        if not bool(probe.abs() < 1e3):
+            return False
+    return True
 
 
 def shared_plus_other(
     student_logprobs: Tensor, teacher_logprobs: Tensor, vocab: SharedVocab, divergence: str, beta: float
 ) -> Tensor:
-    """EXACT where events coincide (1:1 chunks): divergence of the (shared + 1)-way distributions, per row."""
-    student = with_other_bucket(student_logprobs, vocab.student_ids, vocab.student_other, vocab.has_other)
-    teacher = with_other_bucket(teacher_logprobs, vocab.teacher_ids, vocab.teacher_other, vocab.has_other)
+    """EXACT where events coincide (1:1 chunks): divergence of the (shared + G)-way distributions, per row:
+    the shared ids and the remaining mass, in one bucket (G = 1) or one per first byte (`shared_bytes`)."""
+    student, teacher = (
+        with_other_bucket(logprobs, ids, other, vocab.has_other, bucket, vocab.num_buckets)
+        for logprobs, ids, other, bucket in (
+            (student_logprobs, vocab.student_ids, vocab.student_other, vocab.student_bucket),
+            (teacher_logprobs, vocab.teacher_ids, vocab.teacher_other, vocab.teacher_bucket),
+        )
+    )
     return LOSSES.get(divergence)(student, teacher, beta)  # (n,)
 
 
@@ -213,7 +274,12 @@ def gold_hybrid(
     return loss
 
 
-PAIR_LOSSES: dict[str, PairLoss] = {"shared": shared_plus_other, "uld": uld, "gold": gold_hybrid}
+PAIR_LOSSES: dict[str, PairLoss] = {
+    "shared": shared_plus_other,
+    "shared_bytes": shared_plus_other,  # the vocabulary carries first-byte buckets
+    "uld": uld,
+    "gold": gold_hybrid,
+}
 
 
 def _pair_chunk(
@@ -268,10 +334,10 @@ def chunked_pair_loss(
             f"weights {tuple(weights.shape)}"
         )
     pair_loss = PAIR_LOSSES[tier]
-    if tier == "shared" and not bucket_divergence_is_finite(vocab, divergence, beta):
+    if tier in EXACT_TIERS and not bucket_divergence_is_finite(vocab, divergence, beta):
         raise ValueError(
-            f"loss.divergence={divergence} is infinite on these vocabularies: one side has no ids outside the "
-            "shared vocabulary, so its 'other' bucket is exactly 0 where the other side's is not; use jsd, tv or "
+            f"loss.divergence={divergence} is infinite on these vocabularies: one side has no ids in an 'other' "
+            "bucket (outside the shared vocabulary), so it is exactly 0 where the other side's is not; use jsd, tv or "
             "skew_reverse_kl, loss.cross_tokenizer=alm, or loss.kind=policy_gradient"
         )
     loss, (student_mass, teacher_mass) = checkpointed_chunks(

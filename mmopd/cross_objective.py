@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mmopd.config import Config
 from mmopd.cross_losses import (
+    EXACT_TIERS,
     chunk_likelihood_divergence,
     chunk_policy_gradient_loss,
     chunk_weights,
@@ -92,8 +93,12 @@ def cross_tokenizer_loss(
             batch.student_logprobs, batch.teacher_logprobs, batch.weights, *batch.chunks, cfg.divergence, cfg.beta
         )
         return loss, {"kl": kl}
-    vocab = shared_vocab(student_shared, teacher_shared, weight.shape[0], signal.head_weight.shape[0])
-    selected = batch.one_to_one if cfg.cross_tokenizer == "shared" else torch.ones_like(batch.one_to_one)
+    first_bytes = None
+    if cfg.cross_tokenizer == "shared_bytes":
+        first_bytes = (cross.vocab_map.student_first_byte, cross.vocab_map.teacher_first_byte)
+    vocab = shared_vocab(student_shared, teacher_shared, weight.shape[0], signal.head_weight.shape[0], first_bytes)
+    exact = cfg.cross_tokenizer in EXACT_TIERS
+    selected = batch.one_to_one if exact else torch.ones_like(batch.one_to_one)
     student_rows, teacher_rows = paired_rows(batch.student_chunk, batch.teacher_chunk, selected)
     row_weights = chunk_weights(batch.weights, batch.student_chunk, batch.one_to_one.numel())[
         batch.student_chunk[student_rows]
@@ -113,7 +118,7 @@ def cross_tokenizer_loss(
         cfg.chunk_size,
         temperature,
     )
-    if cfg.cross_tokenizer == "shared" and not bool(batch.one_to_one.all()):
+    if exact and not bool(batch.one_to_one.all()):
         # Chunks that are not 1:1 have no common next-token event: match their exact likelihoods instead.
         chunk_loss, stats["chunk_divergence"] = chunk_likelihood_divergence(
             batch.student_logprobs,

@@ -76,6 +76,7 @@ class ModelBundle:
     model: torch.nn.Module
     tokenizer: Any
     processor: Any | None
+    unscorable: tuple[int, ...] = ()  # ids its teacher cannot score (see CrossTokenizerTeacher): never sampled
 
     @property
     def is_multimodal(self) -> bool:
@@ -106,7 +107,7 @@ class ModelBundle:
         """Everything the sampler must never emit: media placeholders, and the padding rows some
         checkpoints add to the output head beyond the tokenizer (e.g. 151,936 rows for 151,665 tokens)."""
         rows = self.model.get_output_embeddings().weight.shape[0]
-        return self.media_token_ids() + list(range(len(self.tokenizer), rows))
+        return self.media_token_ids() + list(self.unscorable) + list(range(len(self.tokenizer), rows))
 
     def save(self, directory: str | Path) -> None:
         """A Hugging Face model directory that `from_pretrained` (and vLLM) loads directly."""
@@ -343,11 +344,11 @@ def resolve_device(device: str) -> torch.device:
 def output_head(bundle: ModelBundle) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output head as the sampler sees it: the weight (V, H) cut to the tokenizer's V ids (padding
     rows dropped, so heads of models sharing a tokenizer match), and a bias (V,) that is -inf at the
-    media ids, so losses score the distribution the student actually samples from."""
+    media ids (and unscorable ones), so losses score the distribution the student actually samples from."""
     head = bundle.model.get_output_embeddings()
     size = len(bundle.tokenizer)
     weight = head.weight[:size]  # (V, H)
-    suppressed = bundle.media_token_ids()
+    suppressed = bundle.media_token_ids() + list(bundle.unscorable)
     if not suppressed:
         return weight, None if head.bias is None else head.bias[:size]
     bias = torch.zeros(size, device=weight.device)  # (V,)

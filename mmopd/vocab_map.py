@@ -21,6 +21,8 @@ class VocabMap:
 
     student_ids: torch.Tensor  # (S,) long
     teacher_ids: torch.Tensor  # (S,) long
+    student_first_byte: torch.Tensor | None = None  # (V_s,) long: first byte of each id, 256 if it has none
+    teacher_first_byte: torch.Tensor | None = None  # (V_t,) long
 
     def __len__(self) -> int:
         return len(self.student_ids)
@@ -41,10 +43,17 @@ def vocab_map(student_tokenizer, teacher_tokenizer) -> VocabMap:
         )
         pairs.sort()
         ids = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)  # (S, 2)
-        shared = VocabMap(ids[:, 0], ids[:, 1])
+        shared = VocabMap(
+            ids[:, 0], ids[:, 1], first_bytes(byte_table(student_tokenizer)), first_bytes(byte_table(teacher_tokenizer))
+        )
         cached = (weakref.ref(student_tokenizer), weakref.ref(teacher_tokenizer), shared)
         _MAPS[key] = cached
     return cached[2]
+
+
+def first_bytes(table: ByteTable) -> torch.Tensor:
+    """(V,) the first byte of every id's bytes, 256 for ids without bytes (specials)."""
+    return torch.tensor([piece[0] if piece else 256 for piece in table.pieces], dtype=torch.long)
 
 
 def shared_ids(

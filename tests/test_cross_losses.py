@@ -193,3 +193,34 @@ def test_an_empty_bucket_on_one_side_refuses_divergences_that_would_be_infinite(
         chunked_pair_loss(
             hidden, weight, None, teacher_hidden, teacher_weight, None, torch.ones(N), teacher_inside, "shared"
         )
+
+
+def test_first_byte_buckets_partition_the_other_mass_and_refine_the_divergence():
+    (hidden, weight), (teacher_hidden, teacher_weight) = heads(dtype=torch.float64)
+    student_ids, teacher_ids = torch.tensor([0, 3, 4, 7]), torch.tensor([2, 1, 9, 12])
+    # First bytes: 256 is "no bytes"; byte 9 only on the teacher's side, byte 7 only on the student's.
+    student_first = torch.tensor([1, 5, 5, 2, 2, 256, 5, 3, 7, 2, 256])  # (VS,)
+    teacher_first = torch.tensor([5, 2, 3, 5, 9, 9, 256, 5, 2, 1, 3, 5, 5])  # (VT,)
+    one = shared_vocab(student_ids, teacher_ids, VS, VT)
+    split = shared_vocab(student_ids, teacher_ids, VS, VT, (student_first, teacher_first))
+    assert split.num_buckets == 6  # bytes 2, 3, 5, 7, 9 and "no bytes" hold ids outside the map
+    student_logprobs = _logprobs(hidden, weight, None, 1.0)
+    teacher_logprobs = _logprobs(teacher_hidden, teacher_weight, None, 1.0)
+    for logprobs, ids, other, bucket in (
+        (student_logprobs, student_ids, split.student_other, split.student_bucket),
+        (teacher_logprobs, teacher_ids, split.teacher_other, split.teacher_bucket),
+    ):
+        buckets = with_other_bucket(logprobs, ids, other, True, bucket, split.num_buckets)[:, len(ids) :]  # (N, G)
+        single = with_other_bucket(logprobs, ids, other, True)[:, -1]  # (N,)
+        assert torch.allclose(buckets.logsumexp(-1), single, atol=1e-12)
+        for label in range(split.num_buckets):  # each bucket's mass is that of its ids, -inf where it has none
+            members = (bucket == label).nonzero().squeeze(1)
+            expected = logprobs[:, members].logsumexp(-1) if len(members) else torch.full((N,), float("-inf"))
+            assert torch.allclose(buckets[:, label], expected.to(buckets.dtype), atol=1e-12)
+    # Refining the bucket cannot lower a KL (data processing); jsd stays finite on one-sided buckets.
+    coarse = shared_plus_other(student_logprobs, teacher_logprobs, one, "jsd", 0.5)
+    fine = shared_plus_other(student_logprobs, teacher_logprobs, split, "jsd", 0.5)
+    assert (fine >= coarse - 1e-12).all() and (fine > coarse).any()
+    assert not bucket_divergence_is_finite(split, "reverse_kl", 0.5)
+    assert not bucket_divergence_is_finite(split, "forward_kl", 0.5)
+    assert bucket_divergence_is_finite(split, "jsd", 0.5) and bucket_divergence_is_finite(one, "reverse_kl", 0.5)

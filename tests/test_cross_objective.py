@@ -15,7 +15,7 @@ from mmopd.build import build_parts
 from mmopd.config import ModelConfig, load_config
 from mmopd.cross_teacher import CrossTokenizerTeacher
 from mmopd.metrics import read_metrics
-from mmopd.models import build_tiny, train_bpe_tokenizer
+from mmopd.models import build_tiny, output_head, train_bpe_tokenizer
 from mmopd.rollout import HFEngine
 from mmopd.teacher import ModelTeacher
 from mmopd.trainer import opd_step, student_loss, train
@@ -62,6 +62,7 @@ def loss_and_grads(student, prompt, rollouts, signal, supervised, config):
     [
         ("loss.kind=divergence", "loss.divergence=reverse_kl"),
         ("loss.kind=divergence", "loss.divergence=jsd", "loss.beta=0.3"),
+        ("loss.kind=divergence", "loss.divergence=reverse_kl", "loss.cross_tokenizer=shared_bytes"),
         ("loss.kind=policy_gradient",),
         ("loss.kind=policy_gradient", "teacher.signal=sampled"),
     ],
@@ -89,7 +90,7 @@ def test_identical_tokenizers_give_the_same_loss_and_gradients(task, student, te
         assert torch.allclose(cross_grads[name], grad, atol=1e-6, rtol=0), name
 
 
-@pytest.mark.parametrize("tier", ["shared", "alm", "uld", "gold"])
+@pytest.mark.parametrize("tier", ["shared", "shared_bytes", "alm", "uld", "gold"])
 def test_a_misaligned_rollout_leaves_the_loss_exactly(task, student, processors, tier):
     other = train_bpe_tokenizer(task.corpus(), 272)
     teacher_bundle = build_tiny(ModelConfig(family="qwen2", seed=2, **TINY), other)
@@ -144,3 +145,20 @@ def test_multimodal_teacher_with_another_tokenizer_and_skipped_samples(tmp_path)
     assert record["skipped"] == 2  # the first rollout of each of the two micro-batches
     assert math.isfinite(record["loss"]) and all(math.isfinite(record[k]) for k in CROSS_METRICS)
     assert samples[0].id in (tmp_path / "skipped.txt").read_text()
+
+
+def test_the_student_never_samples_a_token_its_teacher_cannot_score(tmp_path):
+    # mistral-v3 has no <|im_start|>: with bpe:300 (same specials) nothing is suppressed beyond the media ids.
+    for name, unscorable in (("mistral-v3", {"<|im_start|>"}), ("bpe:300", set())):
+        parts = build_parts(debug_config(f"teacher.tokenizer={name}"), tmp_path / name.replace(":", "_"))
+        student, teacher = parts.student, parts.teacher
+        beyond_media = set(student.unscorable) - set(student.media_token_ids())
+        assert {student.tokenizer.convert_ids_to_tokens(i) for i in beyond_media} == unscorable
+        lengths, stops = byte_table(student.tokenizer).lengths, set(student.stop_ids())
+        samplable = set(range(len(student.tokenizer))) - set(student.suppressed_ids())
+        # Every id the student may sample has bytes, ends the turn, or has a teacher token of its name.
+        assert all(lengths[i] > 0 or i in stops or i in teacher.paired_specials for i in samplable), name
+        _, bias = output_head(student)
+        assert bool(torch.isinf(bias[list(student.unscorable)]).all()) and bool(
+            torch.isfinite(bias[sorted(samplable)]).all()
+        )

@@ -88,3 +88,34 @@ def test_same_vocabulary_uses_the_sampled_ids(task, student, text_teacher, proce
     )
     assert teacher.identical
     assert [teacher.teacher_ids(r) for r in rollouts] == [r.completion_ids for r in rollouts]
+
+
+def test_a_sampled_special_is_scored_by_the_teachers_token_of_the_same_name(task, student, other_teacher, processors):
+    samples, _, rollouts = rollouts_of(student, task, processors, count=1)
+    tokenizer, other = student.tokenizer, other_teacher.tokenizer
+    special, words = tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer("red circle")["input_ids"]
+    ids = [special, *words[:1], special, *words[1:], special]  # at the start, mid-way and at the end
+    completion_bytes, spans = byte_table(tokenizer).spans(ids)
+    rollout = dataclasses.replace(
+        rollouts[0],
+        completion_ids=ids,
+        behaviour_logprobs=[-1.0] * len(ids),
+        byte_spans=spans,
+        completion_bytes=completion_bytes,
+        finish_reason="length",
+    )
+    teacher = CrossTokenizerTeacher(ModelTeacher(other_teacher, "text", processors), other, tokenizer)
+    teacher_ids = teacher.teacher_ids(rollout)
+    teacher_special = other.convert_tokens_to_ids("<|im_start|>")
+    assert byte_table(other).join(teacher_ids) == completion_bytes
+    assert teacher_ids.count(teacher_special) == 3 and teacher_ids[0] == teacher_ids[-1] == teacher_special
+    alignment = teacher.score([teacher.prepare(samples[0])], [ids], [rollout]).cross.alignment
+    # Each sampled special shares its chunk with the teacher's: the chunk likelihoods both include it.
+    student_chunks = [int(alignment.student_chunk[i]) for i, t in enumerate(ids) if t == special]
+    teacher_chunks = [int(alignment.teacher_chunk[i]) for i, t in enumerate(teacher_ids) if t == teacher_special]
+    assert student_chunks == teacher_chunks
+    # A stop the teacher has by name ends the teacher's ids as itself; the student's EOS as the teacher's.
+    for stop in ("<|endoftext|>", tokenizer.eos_token):
+        ended = dataclasses.replace(rollout, completion_ids=[*words, tokenizer.convert_tokens_to_ids(stop)])
+        ended = dataclasses.replace(ended, completion_bytes=byte_table(tokenizer).join(words), finish_reason="stop")
+        assert teacher.teacher_ids(ended)[-1] == other.convert_tokens_to_ids(stop)
