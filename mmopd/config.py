@@ -416,6 +416,8 @@ class Config:
     def __post_init__(self):
         if self.runtime not in ("local", "ray"):
             raise ConfigError(f"runtime must be local or ray, got {self.runtime!r}")
+        if self.learner.world_size > 1 and self.runtime != "ray":
+            raise ConfigError("learner.world_size > 1 runs the learner ranks as Ray actors; set runtime: ray")
         check_teachers(self)
         if self.teacher.signal == "sampled" and self.loss.kind != "policy_gradient":
             raise ConfigError("teacher.signal=sampled carries no distribution; use loss.kind=policy_gradient")

@@ -131,7 +131,7 @@ def truncated(batch: LearnerBatch) -> LearnerBatch:
 
 
 def test_ddp_group_matches_local_learner(cluster, reference):
-    group = LearnerGroup(config_of("learner.world_size=2"), reference["initial"], reference["head"])
+    group = LearnerGroup(config_of("runtime=ray", "learner.world_size=2"), reference["initial"], reference["head"])
     try:
         # Every rank skips a step that is non-finite on one rank only; had any rank stepped, the ranks' weights
         # (and the summed gradients of the steps below) would no longer be LocalLearner's.
@@ -156,7 +156,7 @@ def test_ddp_group_matches_local_learner(cluster, reference):
 def test_fsdp2_group_with_a_vocab_sharded_teacher_head_matches_local_learner_and_resumes_exactly(
     cluster, reference, tmp_path
 ):
-    config = config_of("learner.world_size=2", "learner.strategy=fsdp2", "teacher.head_sharding=vocab")
+    config = config_of("runtime=ray", "learner.world_size=2", "learner.strategy=fsdp2", "teacher.head_sharding=vocab")
     parts = reference["parts"]
     group = LearnerGroup(config, reference["initial"], reference["head"])
     try:
@@ -196,8 +196,8 @@ def test_head_sharding_needs_ranks_the_hidden_signal_and_the_students_tokenizer(
         config_of("teacher.head_sharding=vocab")
     with pytest.raises(ConfigError, match="teacher.signal=hidden"):
         sampled = ["teacher.signal=sampled", "loss.kind=policy_gradient"]
-        config_of("learner.world_size=2", "teacher.head_sharding=vocab", *sampled)
+        config_of("runtime=ray", "learner.world_size=2", "teacher.head_sharding=vocab", *sampled)
     with pytest.raises(ConfigError, match="teacher.tokenizer=student"):
-        config_of("learner.world_size=2", "teacher.head_sharding=vocab", "teacher.tokenizer=bpe:300")
+        config_of("runtime=ray", "learner.world_size=2", "teacher.head_sharding=vocab", "teacher.tokenizer=bpe:300")
     with pytest.raises(ConfigError, match="learner.strategy"):
         config_of("learner.strategy=zero3")
