@@ -8,7 +8,7 @@ so tasks, processors and losses do not know which runtime runs them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -28,12 +28,17 @@ from mmopd.views import completion_hidden_states
 class LearnerBatch:
     """One optimizer step's work: per micro-batch, the student's collated prompt, its rollouts and the
     teacher's signal for them. `supervised` counts the supervised tokens of the whole step, over every
-    micro-batch and every rank: each micro-batch's loss is divided by it (contract 5)."""
+    micro-batch and every rank: each micro-batch's loss is divided by it (contract 5). `teachers` names each
+    micro-batch's teacher when several teachers share the step (routing); empty for one teacher."""
 
     prompts: list[dict[str, torch.Tensor]]
     rollouts: list[list[Rollout]]
     signals: list[TeacherSignal]
     supervised: int
+    teachers: list[str] = field(default_factory=list)
+
+    def teacher_names(self) -> list[str]:
+        return self.teachers or [""] * len(self.prompts)
 
 
 class Learner(Protocol):
@@ -74,14 +79,22 @@ def build_optimizer(model: torch.nn.Module, peak_lr: float, cfg: TrainConfig) ->
 def accumulate_gradients(student: ModelBundle, batch: LearnerBatch, config: Config) -> dict[str, float]:
     """Backward of every micro-batch's share of the loss; the summed metrics of the step."""
     totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
-    for prompt, rollouts, signal in zip(batch.prompts, batch.rollouts, batch.signals):
+    for prompt, rollouts, signal, teacher in zip(batch.prompts, batch.rollouts, batch.signals, batch.teacher_names()):
         loss, stats = student_loss(student, prompt, rollouts, signal, batch.supervised, config)
         loss.backward()
-        totals["loss"] += float(loss.detach())
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
+        add_stats(totals, {"loss": loss, **stats}, teacher)
     totals.update(alignment_metrics(batch.signals, totals))
     return totals
+
+
+def add_stats(totals: dict[str, float], stats: dict[str, torch.Tensor], teacher: str) -> None:
+    """Sum a micro-batch's stats into the step's; with a teacher name its kl also goes to `teacher/NAME/kl`
+    (each share of the step's normaliser, so the per-teacher values add up to the step's kl)."""
+    for key, value in stats.items():
+        totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+    if teacher:
+        name = f"teacher/{teacher}/kl"
+        totals[name] = totals.get(name, 0.0) + float(stats["kl"])
 
 
 def optimizer_step(model, optimizer, accumulate: Callable[[], dict[str, Any]], lr: float, cfg) -> dict[str, Any]:

@@ -144,13 +144,14 @@ def assign_by_tokens(tokens: list[int], world_size: int) -> list[list[int]]:
 def split_batch(batch: LearnerBatch, world_size: int) -> list[Share]:
     """Each rank's micro-batches; a rank with fewer than the most gets the cheapest micro-batch again at weight 0,
     so every rank runs as many forwards (FSDP2's all-gathers and the vocab-parallel loss are collective)."""
-    parts = list(zip(batch.prompts, batch.rollouts, batch.signals))
+    parts = list(zip(batch.prompts, batch.rollouts, batch.signals, batch.teacher_names()))
     if not parts:
         return [[] for _ in range(world_size)]
-    tokens = [micro_batch_tokens(prompt, rollouts) for prompt, rollouts, _ in parts]
+    tokens = [micro_batch_tokens(prompt, rollouts) for prompt, rollouts, _, _ in parts]
     assigned = assign_by_tokens(tokens, world_size)
     most = max(len(indices) for indices in assigned)
     cheapest = min(range(len(parts)), key=lambda i: tokens[i])
     return [
-        [(*parts[i], 1.0) for i in indices] + [(*parts[cheapest], 0.0)] * (most - len(indices)) for indices in assigned
+        [(*parts[i], 1.0) for i in indices] + [(*parts[cheapest][:3], "", 0.0)] * (most - len(indices))
+        for indices in assigned
     ]

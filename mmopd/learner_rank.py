@@ -26,14 +26,14 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from mmopd.build import build_network_policy, build_student_and_tokenizer, build_task
 from mmopd.config import Config
-from mmopd.learner import build_optimizer, optimizer_step, student_loss
+from mmopd.learner import add_stats, build_optimizer, optimizer_step, student_loss
 from mmopd.models import ModelBundle, output_head, resolve_device
 from mmopd.sample import Rollout, TeacherSignal
 from mmopd.vocab_parallel import vocab_parallel_divergence, vocab_parallel_sampled_logprobs, vocab_rows
 
 # (the student's collated prompt, its rollouts, the teacher's signal, 1 or 0: 0 pads a rank that has fewer
 # micro-batches than others, so that every rank runs the same collectives)
-Share = list[tuple[dict[str, torch.Tensor], list[Rollout], TeacherSignal, float]]
+Share = list[tuple[dict[str, torch.Tensor], list[Rollout], TeacherSignal, str, float]]  # (..., teacher, weight)
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -121,14 +121,13 @@ class LearnerRank:
 
         def accumulate() -> dict[str, float]:
             totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
-            for index, (prompt, rollouts, signal, scale) in enumerate(share):
+            for index, (prompt, rollouts, signal, teacher, scale) in enumerate(share):
                 prompt = {key: _to(value, self.device) for key, value in prompt.items()}
                 signal = self._with_teacher_head(signal)
                 with self._sync(index == len(share) - 1):
                     loss, stats = self.wrapped(prompt, rollouts, signal, supervised, scale)
                     loss.backward()
-                for key, value in {"loss": loss, **stats}.items():
-                    totals[key] = totals.get(key, 0.0) + float(value.detach())
+                add_stats(totals, {"loss": loss, **stats}, teacher)
             return reduce_metrics(totals)
 
         # optimizer_step's clip reads the global norm (DDP: equal gradients; FSDP2: a replicated DTensor norm).

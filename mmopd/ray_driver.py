@@ -258,7 +258,8 @@ def train_step(parts: Parts, pools: Pools, learner, work: StepWork, lr: float, c
     device = parts.student.model.device
     signals = [unpack_signal(signal, pools.heads[route], device) for signal, route in zip(packed, work.routes)]
     supervised = sum(supervised_tokens(group, signal) for group, signal in zip(rollouts, signals))
-    record = learner.update(lr, LearnerBatch(work.prompts, rollouts, signals, supervised))
+    teachers = work.routes if len(pools.teachers) > 1 else []  # per-teacher kl (teacher/NAME/kl)
+    record = learner.update(lr, LearnerBatch(work.prompts, rollouts, signals, supervised, teachers))
     kept = sum(len(group) - len(dropped_samples(signal)) for group, signal in zip(rollouts, signals))
     signal_bytes = sum(wire_bytes(signal) for signal in packed)  # as sent: bf16 hidden states halve it
     return {
@@ -299,7 +300,7 @@ def policy_lag(rollouts: list[list[Rollout]], learner_version: int, limit: int) 
 
 
 def teacher_metrics(routes: list[str], rollouts, packed, teachers: int) -> dict[str, float]:
-    """Per-teacher samples and bytes per token, when several teachers share the run."""
+    """Per-teacher samples and bytes per token, when several teachers share the run (the learner adds kl)."""
     if teachers < 2:
         return {}
     record = {}

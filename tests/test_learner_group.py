@@ -186,9 +186,9 @@ def test_micro_batches_are_balanced_by_tokens_and_padded_to_equal_counts(referen
     batch = reference["batches"][0]
     shares = split_batch(batch, 2)
     assert [len(share) for share in shares] == [2, 2]
-    real = [item for share in shares for item in share if item[3] == 1.0]
+    real = [item for share in shares for item in share if item[-1] == 1.0]
     assert sorted(id(item[2]) for item in real) == sorted(id(s) for s in batch.signals)
-    assert sum(item[3] == 0.0 for share in shares for item in share) == 1
+    assert sum(item[-1] == 0.0 for share in shares for item in share) == 1
 
 
 def test_head_sharding_needs_ranks_the_hidden_signal_and_the_students_tokenizer():

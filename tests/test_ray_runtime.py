@@ -97,6 +97,8 @@ def test_a_teacher_that_dies_mid_run_is_restarted_and_no_sample_is_lost_or_count
         assert math.isfinite(record["loss"]) and math.isfinite(record["kl"])  # a sampled estimate with two tokenizers
         assert 0 <= record["is_clip_fraction"] <= 1 and record["logprob_mismatch"] >= 0
         assert record["teacher/colour/bytes_per_token"] == 2 * 32  # bf16 × hidden 32
+        # Each teacher's kl is its micro-batches' share of the step's (one normaliser), summed over both ranks.
+        assert math.isclose(record["teacher/colour/kl"] + record["teacher/shape/kl"], record["kl"], rel_tol=1e-5)
     assert [r["policy_lag"] for r in records] == [0, 1, 1]
     assert records[-1]["samples_scored_total"] == 24
     assert records[-1]["samples_trained_total"] == sum(r["samples_trained"] for r in records)
