@@ -252,7 +252,7 @@ def opd_markdown(result: dict, command: str, docs: Path | None) -> str:
             + "."
         )
     if "memory_floor" in result:
-        lines += ["", *memory_lines(result)]
+        lines += ["", *memory_lines(result), ""]
     rates = ", ".join(f"H={h}: {r:.1f}" for h, r in flops["matmul_gflops_per_s"].items())
     lines.append(
         f"Step estimate {flops['step_gflop']:.1f} GFLOP; measured head-matmul rate (GFLOP/s) {rates}; "
@@ -295,7 +295,7 @@ def plot_opd(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sides = [side for side in ("mmopd", "trl") if side in result]
-    figure, (speed, memory) = plt.subplots(1, 2, figsize=(8, 3))
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(9, 3))
     speed.bar(sides, [result[s]["s_per_step"] for s in sides], color=["tab:blue", "tab:gray"][: len(sides)])
     speed.axhline(result["flops"]["seconds_at_matmul_rate"], color="tab:red", linestyle="--", label="at matmul rate")
     speed.set_ylabel("seconds per step (median)")
@@ -304,8 +304,11 @@ def plot_opd(result: dict, path: Path) -> None:
     extra = [result[s]["peak_rss_mb"] - result[s]["setup_rss_mb"] for s in sides]
     memory.bar(sides, loaded, color="lightgray", label="once loaded")
     memory.bar(sides, extra, bottom=loaded, color=["tab:blue", "tab:gray"][: len(sides)], label="peak above that")
+    if "memory_floor" in result:
+        memory.axhline(result["memory_floor"]["floor_mb"], color="black", linestyle=":", label="floor")
+        memory.axhline(result["trl"]["peak_rss_mb"] / 2, color="tab:red", linestyle="--", label="0.5 × TRL")
     memory.set_ylabel("RSS (MB)")
-    memory.legend()
+    memory.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
     figure.suptitle(result["key"])
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
