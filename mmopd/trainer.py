@@ -35,6 +35,7 @@ from mmopd.config import Config, save_config
 from mmopd.crash import crash_point, enter_step
 from mmopd.cross_objective import alignment_metrics, cross_tokenizer_loss, dropped_samples, supervised_tokens
 from mmopd.guard import NonFiniteError, count_skipped_update, nonfinite_reason, streak_message
+from mmopd.heap import release_free_heap
 from mmopd.losses import chunked_divergence, policy_gradient_loss, sampled_logprobs
 from mmopd.metrics import MetricsLog
 from mmopd.models import ModelBundle, output_head
@@ -289,6 +290,9 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
     totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
     signal_bytes = 0
+    # Generation and scoring leave freed heap that the loss's (tokens × V) chunk buffers (mmapped) cannot
+    # reuse: returned first, it is not resident under the step's peak (~80 MB at the bench's default work).
+    release_free_heap()
     for prompt, group_rollouts, signal in zip(prompts, rollouts, signals):
         signal_bytes += signal.num_bytes()
         loss, stats = student_loss(parts.student, prompt, group_rollouts, signal, supervised, config)
