@@ -181,14 +181,16 @@ def _summarise(runs: list[dict], warmup: int, planned_tokens: int) -> dict:
 def memory_floor(mmopd_run: dict, trl_peak_mb: float) -> dict:
     """A lower bound on the peak RSS of any OPD step on this work: the RSS after importing torch and
     transformers' Qwen2 model code (measured in the mmopd process) plus the tensors the step must hold
-    whatever the code: the student's weights, its output head's gradient and two AdamW moments (every head
-    row gets a gradient from a full-vocabulary loss; the embedding's rows could be kept sparse, so they
-    are left out), and the teacher's output head (read whole by that loss)."""
+    whatever the code: the student's weights but its input embedding (whose unused rows a sparse update
+    need never touch), its output head's gradient and two AdamW moments (every head row gets a gradient
+    from a full-vocabulary loss, and clipping needs all gradients before any update), and the teacher's
+    output head (read whole by that loss). The tokenizer, activations and loss buffers come on top."""
     from mmopd.bench_worker import QWEN2_CODE
 
     imports = next(rss for phase, rss, _ in mmopd_run["phases"] if phase == QWEN2_CODE)
     tensors = mmopd_run["tensors_mb"]
-    held = tensors["student_weights"] + 3 * tensors["student_head"] + tensors["teacher_head"]
+    held = tensors["student_weights"] - tensors["student_input_embedding"]
+    held += 3 * tensors["student_head"] + tensors["teacher_head"]
     return {
         "imports_mb": imports,
         "tensors_mb": held,
@@ -280,10 +282,10 @@ def memory_lines(result: dict) -> list[str]:
     lines += [
         "",
         f"Memory floor: {floor['imports_mb']:.0f} MB resident after importing torch and transformers' Qwen2 model "
-        f"code, plus {floor['tensors_mb']:.0f} MB of tensors any OPD step with AdamW holds (the student's weights; "
-        f"its output head's gradient and two AdamW moments; the teacher's output head) = {floor['floor_mb']:.0f} MB, "
-        f"{floor['floor_ratio']:.2f}× TRL's peak: a lower bound for any implementation that uses transformers' "
-        "models, before its tokenizer, activations and loss buffers.",
+        f"code, plus {floor['tensors_mb']:.0f} MB of tensors any OPD step with AdamW and gradient clipping holds "
+        "(the student's weights but its input embedding; its output head's gradient and two AdamW moments; the "
+        f"teacher's output head) = {floor['floor_mb']:.0f} MB, {floor['floor_ratio']:.2f}× TRL's peak: a lower "
+        "bound for any implementation on transformers' models, before its tokenizer, activations and loss buffers.",
     ]
     return lines
 

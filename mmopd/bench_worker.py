@@ -107,8 +107,8 @@ def run_mmopd(spec: dict) -> dict:
 
 def training_tensors_mb(student, optimizer, teacher) -> dict[str, float]:
     """MB of the tensors of an OPD step with AdamW: the student's weights, gradients and AdamW moments, its
-    output head alone, the teacher's weights, and the teacher's output head (which every full-vocabulary
-    loss reads whole)."""
+    output head and input embedding alone, the teacher's weights, and the teacher's output head (which
+    every full-vocabulary loss reads whole)."""
 
     def mb(tensors) -> float:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None) / 2**20
@@ -119,6 +119,7 @@ def training_tensors_mb(student, optimizer, teacher) -> dict[str, float]:
         "student_gradients": mb(p for p in student.parameters() if p.requires_grad),
         "adamw_moments": mb(s for s in states if s.dim() > 0),
         "student_head": mb([student.get_output_embeddings().weight]),
+        "student_input_embedding": mb([student.get_input_embeddings().weight]),
         "teacher_weights": mb(teacher.parameters()),
         "teacher_head": mb([teacher.get_output_embeddings().weight]),
     }

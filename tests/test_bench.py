@@ -56,6 +56,7 @@ def test_mmopd_side_runs_opd_steps_and_reports_memory(saved_pair):
         tensors["student_gradients"] == tensors["student_weights"]
         and tensors["teacher_head"] < tensors["teacher_weights"]
     )
+    assert tensors["student_head"] == tensors["student_input_embedding"] < tensors["student_weights"]  # untied
 
 
 def test_trl_side_runs_the_same_steps(saved_pair):
