@@ -287,12 +287,12 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     reasons += [reason for signal in signals for reason in dropped_samples(signal)]
     for reason in reasons:
         parts.report_skip(reason)
-    supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
-    totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
-    signal_bytes = 0
     # Generation and scoring leave freed heap that the loss's (tokens × V) chunk buffers (mmapped) cannot
     # reuse: returned first, it is not resident under the step's peak (~80 MB at the bench's default work).
     release_free_heap()
+    supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
+    totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
+    signal_bytes = 0
     for prompt, group_rollouts, signal in zip(prompts, rollouts, signals):
         signal_bytes += signal.num_bytes()
         loss, stats = student_loss(parts.student, prompt, group_rollouts, signal, supervised, config)
