@@ -138,6 +138,7 @@ def bench_opd(args: argparse.Namespace, log=sys.stdout) -> dict:
             for ours, trl in zip(runs["mmopd"], runs["trl"])
         ]
         result["memory_ratio"] = result["mmopd"]["peak_rss_mb"] / result["trl"]["peak_rss_mb"]
+        result["memory_floor"] = memory_floor(runs["mmopd"][0], result["trl"]["peak_rss_mb"])
         result["step_memory_ratio"] = result["mmopd"]["step_rss_mb"] / max(result["trl"]["step_rss_mb"], 1e-9)
     result["work"] = {**shape, "batch": args.batch, "new_tokens": args.new_tokens, "vocab": vocab}
     result["work"].update(lr=args.lr, threads=args.threads, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
@@ -170,9 +171,31 @@ def _summarise(runs: list[dict], warmup: int, planned_tokens: int) -> dict:
         "peak_rss_mb": peak,
         "setup_rss_mb": setup,
         "step_rss_mb": max(run["peak_rss_mb"] - run["setup_rss_mb"] for run in runs),
+        "phases": max(runs, key=lambda run: run["peak_rss_mb"])["phases"],
         "completion_tokens_per_step": statistics.mean(tokens),
         "planned_tokens_per_step": planned_tokens,
         "step_seconds": seconds,
+    }
+
+
+def memory_floor(mmopd_run: dict, trl_peak_mb: float) -> dict:
+    """A lower bound on the peak RSS of any OPD step on this work: the RSS after importing torch and
+    transformers' Qwen2 model code (measured in the mmopd process) plus the tensors the step must hold
+    whatever the code: the student's weights but its input embedding (whose unused rows a sparse update
+    need never touch), its output head's gradient and two AdamW moments (every head row gets a gradient
+    from a full-vocabulary loss, and clipping needs all gradients before any update), and the teacher's
+    output head (read whole by that loss). The tokenizer, activations and loss buffers come on top."""
+    from mmopd.bench_worker import QWEN2_CODE
+
+    imports = next(rss for phase, rss, _ in mmopd_run["phases"] if phase == QWEN2_CODE)
+    tensors = mmopd_run["tensors_mb"]
+    held = tensors["student_weights"] - tensors["student_input_embedding"]
+    held += 3 * tensors["student_head"] + tensors["teacher_head"]
+    return {
+        "imports_mb": imports,
+        "tensors_mb": held,
+        "floor_mb": imports + held,
+        "floor_ratio": (imports + held) / trl_peak_mb,
     }
 
 
@@ -230,6 +253,8 @@ def opd_markdown(result: dict, command: str, docs: Path | None) -> str:
             + ", ".join(f"{ratio:.2f}×" for ratio in result["speedup_by_round"])
             + "."
         )
+    if "memory_floor" in result:
+        lines += ["", *memory_lines(result), ""]
     rates = ", ".join(f"H={h}: {r:.1f}" for h, r in flops["matmul_gflops_per_s"].items())
     lines.append(
         f"Step estimate {flops['step_gflop']:.1f} GFLOP; measured head-matmul rate (GFLOP/s) {rates}; "
@@ -248,6 +273,23 @@ def opd_markdown(result: dict, command: str, docs: Path | None) -> str:
     return "\n".join(lines)
 
 
+def memory_lines(result: dict) -> list[str]:
+    """Each side's RSS after each phase (and its peak so far), then the floor no implementation goes below."""
+    lines = ["| phase | RSS after (MB) | peak so far (MB) |", "|---|---:|---:|"]
+    for side in ("mmopd", "trl"):
+        lines += [f"| {side}: {phase} | {rss:.0f} | {peak:.0f} |" for phase, rss, peak in result[side]["phases"]]
+    floor = result["memory_floor"]
+    lines += [
+        "",
+        f"Memory floor: {floor['imports_mb']:.0f} MB resident after importing torch and transformers' Qwen2 model "
+        f"code, plus {floor['tensors_mb']:.0f} MB of tensors any OPD step with AdamW and gradient clipping holds "
+        "(the student's weights but its input embedding; its output head's gradient and two AdamW moments; the "
+        f"teacher's output head) = {floor['floor_mb']:.0f} MB, {floor['floor_ratio']:.2f}× TRL's peak: a lower "
+        "bound for any implementation on transformers' models, before its tokenizer, activations and loss buffers.",
+    ]
+    return lines
+
+
 def plot_opd(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -255,7 +297,7 @@ def plot_opd(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sides = [side for side in ("mmopd", "trl") if side in result]
-    figure, (speed, memory) = plt.subplots(1, 2, figsize=(8, 3))
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(9, 3))
     speed.bar(sides, [result[s]["s_per_step"] for s in sides], color=["tab:blue", "tab:gray"][: len(sides)])
     speed.axhline(result["flops"]["seconds_at_matmul_rate"], color="tab:red", linestyle="--", label="at matmul rate")
     speed.set_ylabel("seconds per step (median)")
@@ -264,8 +306,11 @@ def plot_opd(result: dict, path: Path) -> None:
     extra = [result[s]["peak_rss_mb"] - result[s]["setup_rss_mb"] for s in sides]
     memory.bar(sides, loaded, color="lightgray", label="once loaded")
     memory.bar(sides, extra, bottom=loaded, color=["tab:blue", "tab:gray"][: len(sides)], label="peak above that")
+    if "memory_floor" in result:
+        memory.axhline(result["memory_floor"]["floor_mb"], color="black", linestyle=":", label="floor")
+        memory.axhline(result["trl"]["peak_rss_mb"] / 2, color="tab:red", linestyle="--", label="0.5 × TRL")
     memory.set_ylabel("RSS (MB)")
-    memory.legend()
+    memory.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
     figure.suptitle(result["key"])
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

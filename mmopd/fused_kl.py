@@ -30,7 +30,7 @@ def _log_softmax(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperatur
         logits = torch.addmm(bias, hidden, weight.T)  # (n, V)
     if temperature != 1.0:
         logits.div_(temperature)
-    return torch.log_softmax(logits, dim=-1)  # (n, V); the logits buffer is freed on return
+    return torch.log_softmax(logits, dim=-1, out=logits)  # (n, V), in place: one buffer, not two
 
 
 def _chunk(

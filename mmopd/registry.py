@@ -36,6 +36,8 @@ class Registry:
             module, attr = name.split(":", 1)
             return getattr(importlib.import_module(module), attr)
         if name not in self._items:
+            self._load_entry_points(name)
+        if name not in self._items:
             self._load_entry_points()
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=1)
@@ -43,9 +45,11 @@ class Registry:
             raise KeyError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})")
         return self._items[name]
 
-    def _load_entry_points(self) -> None:
+    def _load_entry_points(self, name: str | None = None) -> None:
+        """Import the plug-ins of this kind's entry points (only `name`'s, when given): a run imports what
+        it uses, not every installed plug-in's dependencies."""
         for entry in entry_points(group=f"mmopd.{self.kind}"):
-            if entry.name not in self._items:
+            if entry.name not in self._items and name in (None, entry.name):
                 self._items[entry.name] = entry.load()
 
 

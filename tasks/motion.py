@@ -16,7 +16,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import ClassVar
 
-import av
 import numpy as np
 
 from mmopd.registry import TASKS
@@ -157,6 +156,8 @@ class MotionTask:
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     """Frames (T, H, W, 3) uint8 RGB as an H.264 MP4 (yuv420p, near-lossless crf 10)."""
+    import av  # only when clips are written: importing the task (every run does) stays free of PyAV
+
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = frames.shape[2], frames.shape[1]

@@ -44,6 +44,19 @@ def test_mmopd_side_runs_opd_steps_and_reports_memory(saved_pair):
     assert len(result["seconds"]) == 2 and all(s > 0 for s in result["seconds"])
     assert all(1 <= t <= 2 * 4 for t in result["tokens"])
     assert result["peak_rss_mb"] >= result["setup_rss_mb"] > 0
+    phases = [row[0] for row in result["phases"]]
+    for phase in ("import torch", "teacher loaded", "step 1: generation", "step 1: clip and AdamW step"):
+        assert phase in phases
+    peaks = [row[2] for row in result["phases"]]
+    assert peaks == sorted(peaks) and all(rss <= peak for _, rss, peak in result["phases"])
+    tensors = result["tensors_mb"]
+    # AdamW keeps two moments per trained weight; every student weight is trained.
+    assert tensors["adamw_moments"] == pytest.approx(2 * tensors["student_weights"])
+    assert (
+        tensors["student_gradients"] == tensors["student_weights"]
+        and tensors["teacher_head"] < tensors["teacher_weights"]
+    )
+    assert tensors["student_head"] == tensors["student_input_embedding"] < tensors["student_weights"]  # untied
 
 
 def test_trl_side_runs_the_same_steps(saved_pair):
@@ -53,6 +66,8 @@ def test_trl_side_runs_the_same_steps(saved_pair):
     result = run_trl(_spec(saved_pair, steps=2))
     assert len(result["seconds"]) == 2 and len(result["tokens"]) == 2
     assert all(1 <= t <= 2 * 4 for t in result["tokens"])
+    phases = [row[0] for row in result["phases"]]
+    assert "step 1: generation, teacher, loss and backward" in phases and "step 1: clip and AdamW step" in phases
 
 
 def test_step_flops_count_each_head_matmul_once():

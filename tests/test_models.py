@@ -61,3 +61,17 @@ def test_a_config_naming_a_hub_model_stays_online(tmp_path, online):
     assert not huggingface_hub.constants.HF_HUB_OFFLINE
     build_network_policy(load_config(None, [f"teacher.model.path={tmp_path}"]))  # a local directory
     assert huggingface_hub.constants.HF_HUB_OFFLINE
+
+
+def test_identical_tokenizer_files_load_as_one_shared_tokenizer(tmp_path, text_teacher):
+    for name in ("student", "teacher", "other"):
+        text_teacher.save(tmp_path / name)
+    template = tmp_path / "other" / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    student, teacher, other = (
+        load_pretrained(ModelConfig(path=str(tmp_path / n))) for n in ("student", "teacher", "other")
+    )
+    assert teacher.tokenizer is student.tokenizer  # byte-identical files: one vocabulary in memory
+    assert other.tokenizer is not student.tokenizer  # any file that differs: its own tokenizer
+    assert other.tokenizer.chat_template != student.tokenizer.chat_template
+    assert student.tokenizer("a red circle")["input_ids"] == text_teacher.tokenizer("a red circle")["input_ids"]
