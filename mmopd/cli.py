@@ -156,10 +156,8 @@ def _run(args: argparse.Namespace) -> int:
         from mmopd.demo import write_summary
         from mmopd.metrics import plot_metrics
 
-        if args.command == "train" and config.runtime == "ray":
-            from mmopd.ray_driver import train as run
-        elif args.command == "train":
-            from mmopd.trainer import train as run
+        if args.command == "train":
+            from mmopd.trainer import train_on_runtime as run
         else:
             from mmopd.sft import sft as run
         summary = run(config, run_dir, resume=args.resume)

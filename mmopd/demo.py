@@ -13,7 +13,7 @@ from typing import Any
 from mmopd.config import load_config
 from mmopd.metrics import plot_metrics
 from mmopd.sft import sft
-from mmopd.trainer import train
+from mmopd.trainer import train_on_runtime
 
 
 def demo_config_path() -> Path:
@@ -34,7 +34,7 @@ def demo(overrides: list[str], run_dir: Path, resume: bool = False, config_path:
         write_summary(teacher_dir, teacher_summary)
     teacher_path = f"teacher.model.path={teacher_dir / 'final'}"
     config = load_config(config_path, [*overrides, teacher_path])
-    summary = train(config, run_dir, resume=resume)
+    summary = train_on_runtime(config, run_dir, resume=resume)
     plot_metrics(run_dir / "metrics.jsonl", run_dir / "plot.png")
     summary["teacher_accuracy"] = teacher_summary["accuracy_after"]
     summary["teacher_sft_seconds"] = teacher_summary["wall_seconds"]

@@ -82,6 +82,15 @@ def train(config: Config, run_dir: Path, resume: bool = False, stop_after: int |
     return {**result, **blind_check}
 
 
+def train_on_runtime(config: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """`train` in this process (runtime local), or the Ray driver's loop over actor pools (runtime ray)."""
+    if config.runtime == "ray":
+        from mmopd.ray_driver import train as train_on_ray
+
+        return train_on_ray(config, run_dir, resume=resume)
+    return train(config, run_dir, resume=resume)
+
+
 def run_loop(
     config: Config,
     run_dir: Path,
