@@ -61,6 +61,7 @@ def run_mmopd(spec: dict) -> dict:
             "train.grad_clip=1.0",
             "loss.divergence=reverse_kl",
             "data.on_error=raise",
+            "train.release_heap=true",  # mmopd's low-memory setting: the bench compares peak memory
         ],
     )
     student = load_pretrained(ModelConfig(path=spec["student"]))

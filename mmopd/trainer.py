@@ -285,9 +285,10 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     reasons += [reason for signal in signals for reason in dropped_samples(signal)]
     for reason in reasons:
         parts.report_skip(reason)
-    # Generation and scoring leave freed heap that the loss's (tokens × V) chunk buffers (mmapped) cannot
-    # reuse: returned first, it is not resident under the step's peak (~80 MB at the bench's default work).
-    release_free_heap()
+    if config.train.release_heap:
+        # Generation and scoring leave freed heap that the loss's (tokens × V) chunk buffers (mmapped) cannot
+        # reuse: returned first, it is not resident under the step's peak (~80 MB at the bench's default work).
+        release_free_heap()
     supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
     totals = accumulate_gradients(parts.student, LearnerBatch(prompts, rollouts, signals, supervised), config)
     signal_bytes = sum(signal.num_bytes() for signal in signals)
