@@ -13,7 +13,7 @@ import sys
 import time
 from functools import partial
 
-from mmopd.rss import PhaseLog, current_rss_mb, peak_rss_mb
+from mmopd.rss import PhaseLog, current_rss_mb
 
 PHASES = PhaseLog()
 PHASES.mark("python")
@@ -100,7 +100,7 @@ def run_mmopd(spec: dict) -> dict:
         "seconds": seconds,
         "tokens": tokens,
         "setup_rss_mb": setup_rss,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": PHASES.peak(),
         "phases": PHASES.rows,
         "tensors_mb": training_tensors_mb(model, optimizer, teacher_bundle.model),
     }
@@ -206,7 +206,7 @@ def run_trl(spec: dict) -> dict:
         "seconds": seconds,
         "tokens": [round(t) for t in tokens],
         "setup_rss_mb": setup_rss,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": PHASES.peak(),
         "phases": PHASES.rows,
     }
 

@@ -35,7 +35,12 @@ class PhaseLog:
         self.rows: list[list] = []
 
     def mark(self, phase: str) -> None:
-        self.rows.append([phase, round(current_rss_mb(), 1), round(peak_rss_mb(), 1)])
+        self.rows.append([phase, round(current_rss_mb(), 1), round(self.peak(), 1)])
+
+    def peak(self) -> float:
+        """The peak so far: Linux reports VmHWM as max(its stored high-water mark, the RSS now) and updates the
+        stored mark only now and then, so a reading can fall below an earlier one; the largest reading counts."""
+        return max([peak_rss_mb(), *(row[2] for row in self.rows)])
 
     def wrap(self, function, phase: str, times: int = 1):
         """`function`, logging `phase` after each of its first `times` calls."""
