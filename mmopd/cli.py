@@ -92,6 +92,15 @@ def _add_bench_align_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+# Errors a user can act on: printed in one line with an exit code, no traceback.
+EXIT_CODES = {
+    ConfigError: ("config error", 2),
+    FileExistsError: ("error", 2),
+    NonFiniteError: ("error", 3),
+    ActorFailure: ("error", 4),
+}
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse the command line; `a.b=value` overrides may come anywhere after the command, also after options."""
     parser = _parser()
@@ -113,18 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # one progress bar: the training loop's
     try:
         return _run(args)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
-    except FileExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except ActorFailure as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 4
+    except tuple(EXIT_CODES) as error:
+        kind = next(kind for kind in EXIT_CODES if isinstance(error, kind))
+        prefix, code = EXIT_CODES[kind]
+        print(f"{prefix}: {error}", file=sys.stderr)
+        return code
 
 
 def _run(args: argparse.Namespace) -> int:
