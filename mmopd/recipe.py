@@ -82,15 +82,8 @@ def teachers_to_warm_up(config: Config) -> list[tuple[str, Config, str]]:
         if teacher.kind != "model" or teacher.model.path:
             continue
         data = dataclasses.replace(config.data, task_args={**config.data.task_args, **teacher.sft_task_args})
-        # The SFT runs in this process on one teacher; routing and the Ray pools belong to the training stage.
-        sft_config = dataclasses.replace(
-            config,
-            teacher=teacher,
-            teachers={},
-            runtime="local",
-            learner=dataclasses.replace(config.learner, world_size=1),
-            data=data,
-            sft=dataclasses.replace(config.sft, target="teacher"),
+        sft_config = in_process(
+            config, teacher=teacher, data=data, sft=dataclasses.replace(config.sft, target="teacher")
         )
         stages.append((stage, sft_config, key))
     return stages
@@ -107,13 +100,14 @@ def evaluate_teacher(config: Config, teacher: TeacherConfig, model_dir: Path) ->
 
 def student_warmup_config(config: Config) -> Config:
     """The student's SFT on reference answers: `warmup.student_steps` steps, the rest of `sft`, in this process."""
-    return dataclasses.replace(
-        config,
-        teachers={},
-        runtime="local",
-        learner=dataclasses.replace(config.learner, world_size=1),
-        sft=dataclasses.replace(config.sft, target="student", steps=config.warmup.student_steps),
-    )
+    return in_process(config, sft=dataclasses.replace(config.sft, target="student", steps=config.warmup.student_steps))
+
+
+def in_process(config: Config, **changes: Any) -> Config:
+    """`config` for a warm-up SFT in this process: one model, one learner; routing and Ray belong to training."""
+    teacher = dataclasses.replace(changes.pop("teacher", config.teacher), head_sharding="none")
+    learner = dataclasses.replace(config.learner, world_size=1)
+    return dataclasses.replace(config, teacher=teacher, teachers={}, runtime="local", learner=learner, **changes)
 
 
 def run_stage(stage_dir: Path, resume: bool, run) -> dict[str, Any]:
