@@ -462,12 +462,17 @@ def check_completion_sources(config: Config) -> None:
             "loss.kind=policy_gradient needs the sampling policy's logprobs, which off-policy completions lack; "
             "use loss.kind=divergence or cross_entropy with rollout.on_policy_fraction < 1"
         )
-    if mixed and config.rollout.off_policy_source == "teacher" and config.teacher.kind == "self":
-        if config.teacher.self_weights == "frozen":
-            raise ConfigError(
-                "rollout.off_policy_source=teacher samples from the OPSD teacher with live weights only; "
-                "set teacher.self_weights=live or off_policy_source=answers"
-            )
+    teacher = config.teacher
+    if (
+        mixed
+        and config.rollout.off_policy_source == "teacher"
+        and teacher.kind == "self"
+        and teacher.self_weights == "frozen"
+    ):
+        raise ConfigError(
+            "rollout.off_policy_source=teacher samples from the OPSD teacher with live weights only; "
+            "set teacher.self_weights=live or off_policy_source=answers"
+        )
 
 
 def check_vocab_sharding(config: Config) -> None:
