@@ -193,13 +193,28 @@ class RolloutConfig:
     """Nucleus sampling mass (1.0 = off)."""
     top_k: int = 0
     """Top-k sampling (0 = off)."""
+    on_policy_fraction: float = 1.0
+    """GKD's λ: each sample of a step is, with this probability, a completion the student samples (on-policy),
+    else one from `off_policy_source`; the draw is a function of (train.seed, step, position in the batch)."""
+    off_policy_source: str = "answers"
+    """Where off-policy completions come from: answers (the sample's reference answer, tokenised exactly, then
+    the end-of-turn token: GKD's fixed dataset) | teacher (the teacher samples from its own view at this
+    section's temperature and max_new_tokens: sequence-level KD)."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.on_policy_fraction <= 1.0:
+            raise ConfigError(f"rollout.on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}")
+        if self.off_policy_source not in ("answers", "teacher"):
+            raise ConfigError(f"rollout.off_policy_source must be answers or teacher, got {self.off_policy_source!r}")
 
 
 @dataclass(frozen=True)
 class LossConfig:
     kind: str = "divergence"
     """divergence (full-distribution divergence from hidden states) | policy_gradient (sampled-token
-    reverse KL as a per-token advantage, clipped importance ratio against behaviour logprobs)."""
+    reverse KL as a per-token advantage, clipped importance ratio against behaviour logprobs) |
+    cross_entropy (negative log-likelihood of the completion under the student; no teacher signal: SFT on
+    off-policy completions, see rollout.on_policy_fraction)."""
     divergence: str = "reverse_kl"
     """forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl | tv (or a registered loss)."""
     beta: float = 0.5
@@ -216,8 +231,8 @@ class LossConfig:
     ULD; GOLD's shared-ids divergence + ULD on the rest)."""
 
     def __post_init__(self):
-        if self.kind not in ("divergence", "policy_gradient"):
-            raise ConfigError(f"loss.kind must be divergence or policy_gradient, got {self.kind!r}")
+        if self.kind not in ("divergence", "policy_gradient", "cross_entropy"):
+            raise ConfigError(f"loss.kind must be divergence, policy_gradient or cross_entropy, got {self.kind!r}")
         if self.cross_tokenizer not in ("shared", "shared_bytes", "alm", "uld", "gold"):
             raise ConfigError(
                 f"loss.cross_tokenizer must be shared, shared_bytes, alm, uld or gold, got {self.cross_tokenizer!r}"
@@ -448,10 +463,42 @@ class Config:
         if self.learner.world_size > 1 and self.runtime != "ray":
             raise ConfigError("learner.world_size > 1 runs the learner ranks as Ray actors; set runtime: ray")
         check_teachers(self)
-        if self.teacher.signal == "sampled" and self.loss.kind != "policy_gradient":
+        check_completion_sources(self)
+        if self.teacher.signal == "sampled" and self.loss.kind not in ("policy_gradient", "cross_entropy"):
             raise ConfigError("teacher.signal=sampled carries no distribution; use loss.kind=policy_gradient")
         if self.teacher.head_sharding == "vocab":
             check_vocab_sharding(self)
+
+
+def check_completion_sources(config: Config) -> None:
+    """Off-policy completions (rollout.on_policy_fraction < 1) and the cross_entropy loss: what runs them."""
+    mixed, cross_entropy = config.rollout.on_policy_fraction < 1.0, config.loss.kind == "cross_entropy"
+    if config.runtime == "ray" and (mixed or cross_entropy):
+        raise ConfigError(
+            "runtime ray samples every completion with the student and scores it with the teacher; "
+            "rollout.on_policy_fraction < 1 and loss.kind=cross_entropy run with runtime local"
+        )
+    if cross_entropy and not mixed:
+        raise ConfigError(
+            "loss.kind=cross_entropy with rollout.on_policy_fraction=1 trains on the student's own samples with no "
+            "teacher signal; lower on_policy_fraction (0: SFT on off_policy_source) or pick another loss.kind"
+        )
+    if mixed and config.loss.kind == "policy_gradient":
+        raise ConfigError(
+            "loss.kind=policy_gradient needs the sampling policy's logprobs, which off-policy completions lack; "
+            "use loss.kind=divergence or cross_entropy with rollout.on_policy_fraction < 1"
+        )
+    teacher = config.teacher
+    if (
+        mixed
+        and config.rollout.off_policy_source == "teacher"
+        and teacher.kind == "self"
+        and teacher.self_weights == "frozen"
+    ):
+        raise ConfigError(
+            "rollout.off_policy_source=teacher samples from the OPSD teacher with live weights only; "
+            "set teacher.self_weights=live or off_policy_source=answers"
+        )
 
 
 def check_vocab_sharding(config: Config) -> None:

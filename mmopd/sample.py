@@ -64,6 +64,9 @@ class Rollout:
     completion_bytes: bytes
     finish_reason: str  # "stop" (EOS sampled) | "length"
     policy_version: int = 0
+    source: str = "student"
+    """Who wrote the completion: student (sampled on-policy) | answers (the sample's reference answer) | teacher
+    (sampled by the teacher, re-tokenised exactly for the student when their tokenizers differ)."""
 
     @property
     def text(self) -> str:

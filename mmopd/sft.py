@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from mmopd.align import tokenize_exact
 from mmopd.build import (
     build_network_policy,
     build_processors,
@@ -20,6 +19,7 @@ from mmopd.build import (
     evaluate_on_task,
     report_skip,
 )
+from mmopd.completions import answer_ids
 from mmopd.config import Config
 from mmopd.losses import cross_entropy
 from mmopd.models import ModelBundle, output_head
@@ -92,9 +92,3 @@ def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Con
     loss = cross_entropy(hidden, weight, bias, targets, weights, config.loss.chunk_size)
     loss.backward()
     return {"loss": float(loss.detach()), "skipped": len(skipped)}, skipped
-
-
-def answer_ids(bundle: ModelBundle, answer: str) -> list[int]:
-    """The answer's tokens and the end-of-turn token the model should learn to stop with. Tokenised exactly
-    (no SentencePiece dummy-prefix space), so a teacher with another tokenizer learns the bytes a student writes."""
-    return tokenize_exact(bundle.tokenizer, answer.encode("utf-8")) + [bundle.tokenizer.eos_token_id]
