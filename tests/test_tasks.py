@@ -210,6 +210,7 @@ BAD_LINES = {
     "escaping path": (with_line(images=["../secret.png"]), "leaves the file's directory"),
     "unknown key": (with_line(image=["x.png"]), "unknown keys ['image']"),
     "answer not a string": (with_line(answer=4), "'answer' must be a string"),
+    "context answer not a string": (with_line(context_answer=["red"]), "'context_answer' must be a string"),
     "bad id": (with_line(id=["a"]), "'id'"),
     "bad meta": (with_line(meta=[1]), "'meta'"),
     "duplicate id": (with_line(id="train:1"), "duplicate id"),
@@ -295,3 +296,12 @@ def test_shapes_sentence_verifier_accepts_either_form_and_nothing_false() -> Non
     assert task.verify(shape_sample.answer, shape_sample) and task.verify(shape_word, shape_sample)
     wrong_shape = next(s for s in SHAPE_NAMES if s != shape_word)
     assert not task.verify(shape_sample.answer.replace(shape_word, wrong_shape), shape_sample)
+
+
+def test_jsonl_context_answer_is_read_and_in_the_corpus(tmp_path: Path) -> None:
+    line = {**GOOD_LINE, "answer": "The square is red.", "context_answer": "red", "images": []}
+    line["messages"] = [{"role": "user", "content": "What colour is the square?"}]
+    task = JsonlTask(train_path=str(write_jsonl(tmp_path / "train.jsonl", [json.dumps(line)])))
+    sample = task.train_samples()[0]
+    assert (sample.answer, sample.context_answer) == ("The square is red.", "red")
+    assert {"The square is red.", "red"} <= set(task.corpus())
