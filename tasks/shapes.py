@@ -122,8 +122,9 @@ class ShapesTask:
         return names_only_truth(completion, sample.meta["colour"], sample.meta["shape"], sample.meta["question"])
 
     def corpus(self) -> Iterator[str]:
-        for question in self.questions:
-            yield QUESTION_TEXT[question]
+        # Every question the task can ask, not only `questions`: a specialist fine-tuned on one kind of question
+        # (a multi-teacher recipe) then shares the tokenizer trained on this corpus.
+        yield from QUESTION_TEXT.values()
         for colour in self.colours:
             for shape in self.shapes:
                 yield _describe(colour, shape)
