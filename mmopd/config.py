@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,8 @@ class TeacherConfig:
     """What the teacher reads: text (the privileged text in place of the media) | media (the same media
     through the teacher's own processor)."""
     privileged_template: str = "Context: {privileged}\n"
-    """OPSD (kind: self): how the privileged text is prepended to the student's own prompt."""
+    """OPSD (kind: self): the context prepended to the student's own prompt; it may name the sample's
+    {privileged} text and its reference {answer}, or neither (a fixed instruction, e.g. "Answer in one word.\n")."""
     self_weights: str = "live"
     """OPSD: live (current student weights, no gradient) | frozen (the weights at the start of training)."""
     signal: str = "hidden"
@@ -161,10 +163,29 @@ class TeacherConfig:
             raise ConfigError(f"teacher.signal must be hidden or sampled, got {self.signal!r}")
         if self.head_sharding not in ("none", "vocab"):
             raise ConfigError(f"teacher.head_sharding must be none or vocab, got {self.head_sharding!r}")
+        check_privileged_template(self.privileged_template)
         if self.kind == "self" and self.tokenizer != "student":
             raise ConfigError(
                 "an OPSD teacher (teacher.kind=self) reads the student's tokenizer; set teacher.tokenizer=student"
             )
+
+
+def template_fields(template: str) -> set[str]:
+    """The `{field}` names a format string uses."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def check_privileged_template(template: str) -> None:
+    """An OPSD template is a format string naming only {privileged} and {answer}."""
+    try:
+        names = template_fields(template)
+    except ValueError as error:
+        raise ConfigError(f"teacher.privileged_template {template!r}: {error}") from None
+    unknown = names - {"privileged", "answer"}
+    if unknown:
+        raise ConfigError(
+            f"teacher.privileged_template names {sorted(unknown)}; it may use {{privileged}} and {{answer}}"
+        )
 
 
 def check_tokenizer_name(name: str) -> None:
@@ -328,6 +349,9 @@ class EvalConfig:
     group_by: str = ""
     """meta.KEY: also report the accuracy of each value of the eval samples' meta[KEY] as `accuracy/VALUE` (e.g.
     meta.question: colour and shape questions apart); empty: overall accuracy only."""
+    with_context: bool = False
+    """`mmopd eval`: the student reads the OPSD teacher's view (teacher.privileged_template prepended), which
+    measures what a self-teacher knows (its ceiling) rather than the student."""
 
     def __post_init__(self):
         if self.group_by and not (self.group_by.startswith("meta.") and len(self.group_by) > 5):
@@ -346,6 +370,14 @@ class SFTConfig:
     """Peak learning rate."""
     warmup_steps: int = 10
     """Linear warm-up steps."""
+    context_fraction: float = 0.0
+    """target student: the fraction of samples (fixed per sample id) rendered in the OPSD teacher's view
+    (teacher.privileged_template prepended) and trained on the answer that goes with the context, so the
+    student learns to read the context a self-teacher will get; the rest render as the student's own view."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.context_fraction <= 1.0:
+            raise ConfigError(f"sft.context_fraction must be in [0, 1], got {self.context_fraction}")
 
 
 @dataclass(frozen=True)
