@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ from mmopd.completions import TEACHER_SEED_OFFSET, answer_ids, build_teacher_sam
 from mmopd.config import ConfigError, load_config
 from mmopd.metrics import read_metrics
 from mmopd.sampling import micro_batch_seed
-from mmopd.sft import sft_step
+from mmopd.sft import sft_step, warmup_view
 from mmopd.trainer import batch_of, opd_step, render_batch, train
-from mmopd.views import collate, student_messages
+from mmopd.views import collate
 
 DEBUG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
 STEP_KEYS = ("loss", "kl", "completion_tokens", "stop_fraction", "teacher_bytes_per_token")
@@ -82,7 +83,8 @@ def test_cross_entropy_on_answers_is_sft_on_them_and_runs_no_teacher(tmp_path):
     record = opd_step(parts, samples, config, step=1)
     opd_grads = [p.grad.clone() for p in parts.student.model.parameters() if p.grad is not None]
     parts.student.model.zero_grad()
-    sft_record, _ = sft_step(parts.student, samples, student_messages, parts.processors, config)
+    own_view = partial(warmup_view, fraction=0.0, template=config.teacher.privileged_template)
+    sft_record, _ = sft_step(parts.student, samples, own_view, parts.processors, config)
     sft_grads = [p.grad.clone() for p in parts.student.model.parameters() if p.grad is not None]
     assert record["loss"] == pytest.approx(sft_record["loss"], rel=1e-5) and record["loss"] > 0
     assert record["on_policy_fraction"] == 0.0 and record["student_generated_tokens"] == 0
