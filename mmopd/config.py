@@ -468,6 +468,7 @@ def check_rewards(config: Config) -> None:
     if loss.teacher_weight == 0 and loss.reward_weight == 0:
         raise ConfigError("loss.teacher_weight and loss.reward_weight are both 0: the advantage is always 0")
     rl = loss.reward_weight > 0 or config.rollout.group_size > 1 or config.teacher.kind == "none"
+    rl = rl or any((section or {}).get("kind") == "none" for section in config.teachers.values())
     if rl and config.runtime != "local":
         raise ConfigError(
             "verifier rewards (loss.reward_weight, rollout.group_size, teacher.kind=none) run with runtime local"

@@ -55,7 +55,10 @@ def test_group_advantages_are_centred_per_group_and_zero_for_equal_rewards():
     torch.testing.assert_close(group_advantages(rewards, 4, "none")[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]))
     # group_size 1: the whole step is the baseline's group.
     torch.testing.assert_close(group_advantages(rewards, 1, "none"), rewards - rewards.mean())
-    assert reward_metrics(rewards, 4) == {"reward": pytest.approx(7 / 12), "zero_advantage_groups": pytest.approx(1 / 3)}
+    assert reward_metrics(rewards, 4) == {
+        "reward": pytest.approx(7 / 12),
+        "zero_advantage_groups": pytest.approx(1 / 3),
+    }
 
 
 def test_groups_of_a_step_are_one_sample_each_and_a_pure_function_of_the_step(task):
