@@ -16,10 +16,11 @@ from mmopd.build import build_parts
 from mmopd.config import ConfigError, load_config
 from mmopd.learner import build_optimizer, optimizer_step, student_loss
 from mmopd.losses import policy_gradient_loss
+from mmopd.metrics import read_metrics
 from mmopd.rewards import check_groups, group_advantages, reward_metrics, verifier_rewards
 from mmopd.sample import Rollout
 from mmopd.tasks.shapes import ShapesTask
-from mmopd.trainer import grouped_batch_of, opd_step, render_batch
+from mmopd.trainer import grouped_batch_of, opd_step, render_batch, train
 from mmopd.views import collate
 
 DEBUG = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
@@ -188,3 +189,12 @@ def test_teacher_kind_none_builds_no_teacher_and_learns_from_the_verifier(tmp_pa
 def test_reward_configs_that_cannot_run_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         config_of(*overrides)
+
+
+def test_the_loop_samples_each_group_in_one_step(tmp_path):
+    # step_advantages refuses a group whose rollouts mix samples, so a loop that ignored group_size would raise.
+    overrides = ("loss.reward_weight=1", "rollout.group_size=4", "train.steps=1", "train.eval_every=0")
+    train(config_of(*overrides), tmp_path / "run")
+    record = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert record["step"] == 1 and 0 <= record["zero_advantage_groups"] <= 1 and "kl" in record
+    assert record["student_generated_tokens"] == pytest.approx(record["completion_tokens"] * 8)
