@@ -1,4 +1,4 @@
-"""`mmopd train | sft | eval | demo | data check | align | bench`: thin wrappers that load a config (or
+"""`mmopd train | sft | eval | demo | recipe | data check | align | bench`: thin wrappers that load a config (or
 read their arguments) and call one function."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         ("sft", "supervised fine-tuning (teacher warm-up or student cold start)"),
         ("eval", "held-out accuracy of the student (or of a model directory)"),
         ("demo", "SFT a tiny text teacher, then distil it into a tiny VLM student"),
+        ("recipe", "run a recipe: its warm-ups (teacher, student SFT), then its training (configs/recipes/)"),
     ):
         sub = commands.add_parser(name, help=about, description=about, epilog=_config_help(), formatter_class=formatter)
         if name != "demo":
@@ -150,13 +151,17 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --run-dir")
     run_dir = args.run_dir or _new_run_dir(args.command)
     if args.command == "demo":
-        from mmopd.demo import demo
+        from mmopd.recipe import demo
 
         summary = demo(args.overrides, run_dir, args.resume, args.config)
+    elif args.command == "recipe":
+        from mmopd.recipe import run_recipe
+
+        summary = run_recipe(Path(args.config), args.overrides, run_dir, args.resume)
     else:
         config = load_config(args.config, args.overrides)
-        from mmopd.demo import write_summary
         from mmopd.metrics import plot_metrics
+        from mmopd.recipe import write_summary
 
         if args.command == "train":
             from mmopd.trainer import train_on_runtime as run
