@@ -96,6 +96,16 @@ def test_reward_weight_zero_is_the_old_policy_gradient_bit_for_bit():
     assert torch.equal(old, new) and torch.equal(old_grad, new_grad)
 
 
+def test_a_rewarded_token_is_pushed_up_and_an_unrewarded_one_down_without_a_teacher():
+    student = torch.tensor([-1.0, -2.0, -0.5, -1.5], requires_grad=True)
+    advantages = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, stats = policy_gradient_loss(
+        student, None, student.detach(), torch.full((4,), 0.25), 0.2, advantages, 0.0, 1.0
+    )
+    (grad,) = torch.autograd.grad(loss, student)
+    assert (grad[:2] < 0).all() and (grad[2:] > 0).all() and "reverse_kl" not in stats
+
+
 @pytest.fixture(scope="module")
 def scored_batch(tmp_path_factory):
     """A tiny student's on-policy rollouts of 4 samples, the teacher's signal for them, and random advantages."""
