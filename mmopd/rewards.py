@@ -32,6 +32,8 @@ def verifier_rewards(
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std") -> torch.Tensor:
     """(R,) rewards of consecutive groups of `group_size` rollouts of one sample → (R,) advantages, each group's
     summing to 0. `group_size` 1 makes the whole step one group (a batch-mean baseline, scaled by the batch std)."""
+    if rewards.numel() == 0:  # every sample of the step was skipped
+        return rewards
     groups = rewards.view(1, -1) if group_size == 1 else rewards.view(-1, group_size)  # (G, n)
     centred = groups - groups.mean(dim=1, keepdim=True)
     if scale == "std" and groups.shape[1] > 1:
@@ -42,12 +44,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std")
 
 def reward_metrics(rewards: torch.Tensor, group_size: int) -> dict[str, float]:
     """The step's mean reward and the fraction of groups whose rewards are all equal (zero advantage: no signal)."""
+    if rewards.numel() == 0:
+        return {"reward": 0.0, "zero_advantage_groups": 1.0}
     groups = rewards.view(1, -1) if group_size == 1 else rewards.view(-1, group_size)  # (G, n)
     flat = (groups == groups[:, :1]).all(dim=1)  # (G,)
-    return {
-        "reward": float(rewards.mean()) if len(rewards) else 0.0,
-        "zero_advantage_groups": float(flat.float().mean()),
-    }
+    return {"reward": float(rewards.mean()), "zero_advantage_groups": float(flat.float().mean())}
 
 
 def check_groups(rollouts: Sequence[Rollout], group_size: int) -> None:
