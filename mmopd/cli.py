@@ -1,4 +1,4 @@
-"""`mmopd train | sft | eval | demo | recipe | data check | align | bench`: thin wrappers that load a config (or
+"""`mmopd train | sft | eval | demo | recipe | compare | data check | align | bench`: thin wrappers that load a config (or
 read their arguments) and call one function."""
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--run-dir", type=Path, help="run directory (default: a new one under runs/)")
             sub.add_argument("--resume", action="store_true", help="continue the run found in --run-dir")
+    _add_compare_parser(commands)
     _add_data_parser(commands)
     _add_align_parser(commands.add_parser("align", help="align a student's and a teacher's tokens of a text"))
     bench_kinds = commands.add_parser("bench", help="benchmarks that print measured figures").add_subparsers(
@@ -60,6 +61,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench_align_parser(bench_kinds.add_parser("align", help="alignment throughput, mmopd against TRL GOLD"))
     add_bench_parsers(bench_kinds)  # opd (mmopd against TRL's DistillationTrainer), transport
     return parser
+
+
+def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    about = "train one student by several methods (OPD, SFT on teacher samples, RL) over seeds; table and plot"
+    compare = commands.add_parser("compare", help=about, description=about)
+    compare.add_argument("config", help="YAML config: task, models, schedule and warm-ups shared by every method")
+    compare.add_argument("overrides", nargs="*", help="a.b=value overrides for every method")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values (default 0,1,2)")
+    compare.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        help="NAME (opd | sft_teacher_samples | rl_verifier) or 'NAME: a.b=v ...'; repeat it (default: the three)",
+    )
+    compare.add_argument("--run-dir", type=Path, help="run directory (default: a new one under runs/)")
+    compare.add_argument("--resume", action="store_true", help="continue; finished (method, seed) runs are kept")
 
 
 def _add_data_parser(commands: argparse._SubParsersAction) -> None:
@@ -150,6 +167,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir")
     run_dir = args.run_dir or _new_run_dir(args.command)
+    if args.command == "compare":
+        from mmopd.compare import compare, parse_methods
+
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        result = compare(Path(args.config), args.overrides, run_dir, parse_methods(args.method), seeds, args.resume)
+        print((run_dir / "compare.md").read_text(), end="")
+        print(f"table, plot and curves: {run_dir / 'compare.md'}, compare.png, compare.json")
+        return 0 if result["methods"] else 1
     if args.command == "demo":
         from mmopd.recipe import demo
 

@@ -34,9 +34,21 @@ def demo(overrides: list[str], run_dir: Path, resume: bool = False, config_path:
 def run_recipe(config_path: Path | None, overrides: list[str], run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Warm up the teachers and the student as `warmup` asks, then train; the merged summary of every stage."""
     began = time.perf_counter()
-    config = load_config(config_path, overrides)
+    warmed, stages = warm_up(load_config(config_path, overrides), run_dir, resume)
+    config = load_config(config_path, [*overrides, *warmed])
+    summary = train_on_runtime(config, run_dir, resume=resume)
+    plot_metrics(run_dir / "metrics.jsonl", run_dir / "plot.png")
+    summary = {**summary, **eval_lengths(run_dir / "metrics.jsonl"), **stage_summaries(stages, summary)}
+    summary["session_seconds"] = time.perf_counter() - began
+    write_summary(run_dir, summary)
+    return summary
+
+
+def warm_up(config: Config, run_dir: Path, resume: bool) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Run the warm-ups `config.warmup` asks for, each in `run_dir/<stage>_sft`; the overrides that point a
+    training config at the warmed-up models, and each stage's summary."""
     stages: dict[str, dict[str, Any]] = {}
-    warmed = []  # overrides that point the training run at the warmed-up models
+    warmed = []
     for name, teacher_config, key in teachers_to_warm_up(config):
         summary = run_stage(run_dir / f"{name}_sft", resume, lambda d, r, c=teacher_config: sft(c, d, resume=r))
         model_dir = run_dir / f"{name}_sft" / "final"
@@ -50,13 +62,7 @@ def run_recipe(config_path: Path | None, overrides: list[str], run_dir: Path, re
             run_dir / "student_sft", resume, lambda d, r: sft(student_config, d, resume=r)
         )
         warmed.append(f"student.path={run_dir / 'student_sft' / 'final'}")
-    config = load_config(config_path, [*overrides, *warmed])
-    summary = train_on_runtime(config, run_dir, resume=resume)
-    plot_metrics(run_dir / "metrics.jsonl", run_dir / "plot.png")
-    summary = {**summary, **eval_lengths(run_dir / "metrics.jsonl"), **stage_summaries(stages, summary)}
-    summary["session_seconds"] = time.perf_counter() - began
-    write_summary(run_dir, summary)
-    return summary
+    return warmed, stages
 
 
 def teachers_to_warm_up(config: Config) -> list[tuple[str, Config, str]]:
@@ -76,15 +82,8 @@ def teachers_to_warm_up(config: Config) -> list[tuple[str, Config, str]]:
         if teacher.kind != "model" or teacher.model.path:
             continue
         data = dataclasses.replace(config.data, task_args={**config.data.task_args, **teacher.sft_task_args})
-        # The SFT runs in this process on one teacher; routing and the Ray pools belong to the training stage.
-        sft_config = dataclasses.replace(
-            config,
-            teacher=teacher,
-            teachers={},
-            runtime="local",
-            learner=dataclasses.replace(config.learner, world_size=1),
-            data=data,
-            sft=dataclasses.replace(config.sft, target="teacher"),
+        sft_config = in_process(
+            config, teacher=teacher, data=data, sft=dataclasses.replace(config.sft, target="teacher")
         )
         stages.append((stage, sft_config, key))
     return stages
@@ -101,13 +100,14 @@ def evaluate_teacher(config: Config, teacher: TeacherConfig, model_dir: Path) ->
 
 def student_warmup_config(config: Config) -> Config:
     """The student's SFT on reference answers: `warmup.student_steps` steps, the rest of `sft`, in this process."""
-    return dataclasses.replace(
-        config,
-        teachers={},
-        runtime="local",
-        learner=dataclasses.replace(config.learner, world_size=1),
-        sft=dataclasses.replace(config.sft, target="student", steps=config.warmup.student_steps),
-    )
+    return in_process(config, sft=dataclasses.replace(config.sft, target="student", steps=config.warmup.student_steps))
+
+
+def in_process(config: Config, **changes: Any) -> Config:
+    """`config` for a warm-up SFT in this process: one model, one learner; routing and Ray belong to training."""
+    teacher = dataclasses.replace(changes.pop("teacher", config.teacher), head_sharding="none")
+    learner = dataclasses.replace(config.learner, world_size=1)
+    return dataclasses.replace(config, teacher=teacher, teachers={}, runtime="local", learner=learner, **changes)
 
 
 def run_stage(stage_dir: Path, resume: bool, run) -> dict[str, Any]:
