@@ -171,7 +171,7 @@ def build_parts(config: Config, run_dir: Path, with_teacher: bool = True) -> Par
     processors = build_processors(config.data)
     student, tokenizer = build_student_and_tokenizer(config, task)
     teacher = teacher_model = None
-    if with_teacher:
+    if with_teacher and config.teacher.kind != "none":
         if config.teacher.kind == "model":
             teacher_tokenizer = build_teacher_tokenizer(config, task, tokenizer)
             teacher_model = build_teacher_model(config.teacher.model, teacher_tokenizer, config)

@@ -112,7 +112,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TeacherConfig:
     kind: str = "model"
-    """model (a separate teacher model) | self (OPSD: the student's own weights with privileged context)."""
+    """model (a separate teacher model) | self (OPSD: the student's own weights with privileged context) | none
+    (no teacher is built or run: pure RL with the task's verifier; loss.kind policy_gradient, loss.teacher_weight 0)."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig(family="qwen2", hidden_size=128))
     """The teacher model (kind: model)."""
     view: str = "text"
@@ -153,8 +154,8 @@ class TeacherConfig:
         check_tokenizer_name(self.tokenizer)
         if self.blind_check not in ("warn", "stop", "off"):
             raise ConfigError(f"teacher.blind_check must be warn, stop or off, got {self.blind_check!r}")
-        if self.kind not in ("model", "self"):
-            raise ConfigError(f"teacher.kind must be model or self, got {self.kind!r}")
+        if self.kind not in ("model", "self", "none"):
+            raise ConfigError(f"teacher.kind must be model, self or none, got {self.kind!r}")
         if self.view not in ("text", "media"):
             raise ConfigError(f"teacher.view must be text or media, got {self.view!r}")
         if self.self_weights not in ("live", "frozen"):
@@ -221,12 +222,17 @@ class RolloutConfig:
     """Where off-policy completions come from: answers (the sample's reference answer, tokenised exactly, then
     the end-of-turn token: GKD's fixed dataset) | teacher (the teacher samples from its own view at this
     section's temperature and max_new_tokens: sequence-level KD)."""
+    group_size: int = 1
+    """Rollouts per distinct sample (GRPO's group): a step draws train.batch_size / group_size samples and
+    samples each group_size times, all in that step; loss.reward_weight's advantage is relative to the group."""
 
     def __post_init__(self):
         if not 0.0 <= self.on_policy_fraction <= 1.0:
             raise ConfigError(f"rollout.on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}")
         if self.off_policy_source not in ("answers", "teacher"):
             raise ConfigError(f"rollout.off_policy_source must be answers or teacher, got {self.off_policy_source!r}")
+        if self.group_size < 1:
+            raise ConfigError(f"rollout.group_size must be at least 1, got {self.group_size}")
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,14 @@ class LossConfig:
     binarised chunk-likelihood divergence elsewhere) | shared_bytes (as shared, the other ids bucketed by
     their first byte) | alm (chunk likelihoods only) | uld | gold (approximate baselines: sorted-probability
     ULD; GOLD's shared-ids divergence + ULD on the rest)."""
+    teacher_weight: float = 1.0
+    """policy_gradient: weight of the teacher term log p_T − log p_S in the per-token advantage (0: pure RL)."""
+    reward_weight: float = 0.0
+    """policy_gradient: weight of the verifier reward's group-relative advantage (every token of a rollout gets
+    its sequence's) in the per-token advantage; 0 runs no verifier (KDRL: both weights > 0)."""
+    advantage_scale: str = "std"
+    """How rewards become advantages: std ((r − group mean) / (group std + 1e-4), GRPO) | none (r − group
+    mean, Dr. GRPO). With rollout.group_size 1 the group is the whole step (a batch-mean baseline)."""
 
     def __post_init__(self):
         if self.kind not in ("divergence", "policy_gradient", "cross_entropy"):
@@ -257,6 +271,14 @@ class LossConfig:
         if self.cross_tokenizer not in ("shared", "shared_bytes", "alm", "uld", "gold"):
             raise ConfigError(
                 f"loss.cross_tokenizer must be shared, shared_bytes, alm, uld or gold, got {self.cross_tokenizer!r}"
+            )
+        if self.advantage_scale not in ("std", "none"):
+            raise ConfigError(f"loss.advantage_scale must be std or none, got {self.advantage_scale!r}")
+        if self.teacher_weight < 0 or self.reward_weight < 0:
+            raise ConfigError("loss.teacher_weight and loss.reward_weight must be 0 or positive")
+        if self.kind != "policy_gradient" and (self.teacher_weight != 1.0 or self.reward_weight != 0.0):
+            raise ConfigError(
+                "loss.teacher_weight and loss.reward_weight weigh advantages; set loss.kind=policy_gradient"
             )
 
 
@@ -500,6 +522,33 @@ class Config:
             raise ConfigError("teacher.signal=sampled carries no distribution; use loss.kind=policy_gradient")
         if self.teacher.head_sharding == "vocab":
             check_vocab_sharding(self)
+        check_rewards(self)
+
+
+def check_rewards(config: Config) -> None:
+    """Verifier rewards, GRPO groups and teacher-free runs: their sizes and the runtime that serves them."""
+    loss, where = config.loss, "teacher.kind=none"
+    if config.train.batch_size % config.rollout.group_size:
+        raise ConfigError(
+            f"train.batch_size ({config.train.batch_size}) must be a multiple of rollout.group_size "
+            f"({config.rollout.group_size})"
+        )
+    if config.teacher.kind == "none" and (loss.kind != "policy_gradient" or loss.teacher_weight != 0):
+        raise ConfigError(f"{where} has no teacher to learn from; set loss.kind=policy_gradient loss.teacher_weight=0")
+    if config.teacher.kind == "none" and loss.reward_weight == 0:
+        raise ConfigError(f"{where} with loss.reward_weight=0 has nothing to learn from; set loss.reward_weight > 0")
+    if loss.teacher_weight == 0 and loss.reward_weight == 0:
+        raise ConfigError("loss.teacher_weight and loss.reward_weight are both 0: the advantage is always 0")
+    rl = loss.reward_weight > 0 or config.rollout.group_size > 1 or config.teacher.kind == "none"
+    rl = rl or any((section or {}).get("kind") == "none" for section in config.teachers.values())
+    if rl and config.runtime != "local":
+        raise ConfigError(
+            "verifier rewards (loss.reward_weight, rollout.group_size, teacher.kind=none) run with runtime local"
+        )
+    if loss.reward_weight > 0 and config.teacher.kind == "model" and config.teacher.tokenizer != "student":
+        raise ConfigError(
+            "loss.reward_weight > 0 needs the student's tokenizer for the teacher; set teacher.tokenizer=student"
+        )
 
 
 def check_completion_sources(config: Config) -> None:

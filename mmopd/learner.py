@@ -37,6 +37,8 @@ class LearnerBatch:
     signals: list[TeacherSignal]
     supervised: int
     teachers: list[str] = field(default_factory=list)
+    advantages: list[torch.Tensor] = field(default_factory=list)
+    """Per micro-batch, each rollout's verifier-reward advantage (R_i,); empty when loss.reward_weight is 0."""
 
     def teacher_names(self) -> list[str]:
         return self.teachers or [""] * len(self.prompts)
@@ -80,8 +82,10 @@ def build_optimizer(model: torch.nn.Module, peak_lr: float, cfg: TrainConfig) ->
 def accumulate_gradients(student: ModelBundle, batch: LearnerBatch, config: Config) -> dict[str, float]:
     """Backward of every micro-batch's share of the loss; the summed metrics of the step."""
     totals: dict[str, float] = {"loss": 0.0, "kl": 0.0}
-    for prompt, rollouts, signal, teacher in zip(batch.prompts, batch.rollouts, batch.signals, batch.teacher_names()):
-        loss, stats = student_loss(student, prompt, rollouts, signal, batch.supervised, config)
+    advantages = batch.advantages or [None] * len(batch.prompts)
+    micro_batches = zip(batch.prompts, batch.rollouts, batch.signals, batch.teacher_names(), advantages)
+    for prompt, rollouts, signal, teacher, advantage in micro_batches:
+        loss, stats = student_loss(student, prompt, rollouts, signal, batch.supervised, config, advantages=advantage)
         loss.backward()
         add_stats(totals, {"loss": loss, **stats}, teacher)
     totals.update(alignment_metrics(batch.signals, totals))
@@ -130,11 +134,15 @@ def student_loss(
     supervised_tokens: int,
     config: Config,
     divergence_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]] = chunked_divergence,
+    advantages: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The micro-batch's share of the loss, normalised by the whole step's supervised-token count. `divergence_fn`
-    takes `chunked_divergence`'s arguments (the learner group passes its vocabulary-parallel form)."""
+    takes `chunked_divergence`'s arguments (the learner group passes its vocabulary-parallel form); `advantages`
+    (R,) are the rollouts' verifier-reward advantages, weighed by loss.reward_weight (policy_gradient)."""
     if config.loss.kind == "cross_entropy":
         return completion_cross_entropy(student, prompt, rollouts, supervised_tokens, config.loss.chunk_size)
+    if signal.cross is not None and config.loss.reward_weight:
+        raise NotImplementedError("loss.reward_weight > 0 needs a teacher with the student's tokenizer")
     if signal.cross is not None:
         return cross_tokenizer_loss(student, prompt, rollouts, signal, supervised_tokens, config)
     completions = [r.completion_ids for r in rollouts]
@@ -161,14 +169,32 @@ def student_loss(
         )
         return loss, {"kl": kl, **correction}
     student_logprobs = sampled_logprobs(hidden, weight, bias, ids, cfg.chunk_size, temperature)
+    teacher_logprobs = teacher_sampled_logprobs(signal, ids, cfg.chunk_size, temperature)
+    token_advantages = None
+    if advantages is not None:
+        lengths = torch.tensor([len(c) for c in completions], device=hidden.device)  # (R,)
+        token_advantages = advantages.to(hidden.device).repeat_interleave(lengths)  # (N,) each rollout's, per token
+    loss, stats = policy_gradient_loss(
+        student_logprobs,
+        teacher_logprobs,
+        behaviour,
+        weights,
+        cfg.clip_ratio,
+        token_advantages,
+        cfg.teacher_weight,
+        cfg.reward_weight,
+    )
+    kl = {"kl": stats["reverse_kl"]} if "reverse_kl" in stats else {}
+    return loss, {**kl, "clip_fraction": stats["clip_fraction"] * weights.sum(), **correction}
+
+
+def teacher_sampled_logprobs(signal: TeacherSignal, ids: torch.Tensor, chunk_size: int, temperature: float):
+    """The teacher's (N,) logprob of each sampled token, from either signal kind; None without a teacher."""
     if signal.kind == "sampled":
-        teacher_logprobs = signal.logprobs
-    else:
-        teacher_logprobs = sampled_logprobs(
-            signal.hidden, signal.head_weight, signal.head_bias, ids, cfg.chunk_size, temperature
-        ).detach()
-    loss, stats = policy_gradient_loss(student_logprobs, teacher_logprobs, behaviour, weights, cfg.clip_ratio)
-    return loss, {"kl": stats["reverse_kl"], "clip_fraction": stats["clip_fraction"] * weights.sum(), **correction}
+        return signal.logprobs
+    if signal.kind == "none":
+        return None
+    return sampled_logprobs(signal.hidden, signal.head_weight, signal.head_bias, ids, chunk_size, temperature).detach()
 
 
 def off_policy_correction(hidden, weight, bias, ids, behaviour, token_weights, config: Config):

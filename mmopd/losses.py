@@ -268,25 +268,35 @@ def cross_entropy(
 
 def policy_gradient_loss(
     student_logprobs: Tensor,
-    teacher_logprobs: Tensor,
+    teacher_logprobs: Tensor | None,
     behaviour_logprobs: Tensor,
     weights: Tensor,
     clip_ratio: float = 0.2,
+    reward_advantages: Tensor | None = None,
+    teacher_weight: float = 1.0,
+    reward_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Sampled-token reverse KL as a PPO-clipped policy gradient (tinker-cookbook on-policy distillation).
+    """Sampled-token reverse KL as a PPO-clipped policy gradient (tinker-cookbook on-policy distillation),
+    optionally plus a verifier reward's advantage (KDRL, Xu et al. 2025; pure GRPO with teacher_weight 0).
 
-    The per-token advantage is A = log p_T − log p_S of the sampled token (detached), so the expected
-    update descends KL(p_S || p_T) without a full-vocabulary teacher. The ratio r = p_S / p_behaviour
-    corrects for the rollout policy; at r = 1 this is REINFORCE with advantage A.
+    The per-token advantage is A = teacher_weight · (log p_T − log p_S) + reward_weight · reward_advantages, all
+    detached: the teacher term makes the expected update descend KL(p_S || p_T) without a full-vocabulary teacher;
+    `reward_advantages` (N,) is each token's sequence advantage (GRPO). A zero weight drops its term, so
+    `teacher_logprobs` may be None at teacher_weight 0. The ratio r = p_S / p_behaviour corrects for the rollout
+    policy; at r = 1 this is REINFORCE with advantage A.
     """
     dtype = torch.promote_types(student_logprobs.dtype, torch.float32)
     student_logprobs = student_logprobs.to(dtype)
-    teacher_logprobs, behaviour_logprobs = (
-        teacher_logprobs.detach().to(dtype),
-        behaviour_logprobs.detach().to(dtype),
-    )
+    behaviour_logprobs = behaviour_logprobs.detach().to(dtype)
     weights = weights.to(student_logprobs.dtype)
-    advantage = (teacher_logprobs - student_logprobs).detach()  # (N,)
+    advantage = torch.zeros_like(student_logprobs)  # (N,)
+    if teacher_weight != 0:
+        teacher_logprobs = teacher_logprobs.detach().to(dtype)
+        advantage = (teacher_logprobs - student_logprobs).detach()  # (N,)
+        if teacher_weight != 1:
+            advantage = teacher_weight * advantage
+    if reward_weight != 0:
+        advantage = advantage + reward_weight * reward_advantages.detach().to(dtype)
     ratio = torch.exp(student_logprobs - behaviour_logprobs)  # (N,)
     unclipped = ratio * advantage
     clipped = ratio.clamp(1.0 - clip_ratio, 1.0 + clip_ratio) * advantage
@@ -295,8 +305,9 @@ def policy_gradient_loss(
         # Normalise stats by this micro-batch's weight so they read as fractions / means.
         total = weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
         stats = {
-            "reverse_kl": (weights * (student_logprobs - teacher_logprobs)).sum(),
             "clip_fraction": (weights * (clipped < unclipped).to(weights.dtype)).sum() / total,
             "ratio_mean": (weights * ratio).sum() / total,
         }
+        if teacher_logprobs is not None:
+            stats["reverse_kl"] = (weights * (student_logprobs - teacher_logprobs.to(dtype))).sum()
     return loss, stats

@@ -46,6 +46,7 @@ from mmopd.learner import (  # noqa: F401  (student_loss, optimizer_step: re-exp
 )
 from mmopd.metrics import MetricsLog
 from mmopd.models import ModelBundle
+from mmopd.rewards import step_advantages
 from mmopd.sample import MediaError, Sample, TeacherSignal
 from mmopd.sampling import micro_batch_seed, rollout_seed_base
 from mmopd.views import Prepared, SampleError, collate, prepare, student_messages
@@ -79,6 +80,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, stop_after: int |
         task.train_samples(),
         config.train.lr,
         config.train.warmup_steps,
+        group_size=config.rollout.group_size,
     )
     return {**result, **blind_check}
 
@@ -105,8 +107,10 @@ def run_loop(
     warmup_steps: int,
     steps: int | None = None,
     batch_size: int | None = None,
+    group_size: int = 1,
 ) -> dict[str, Any]:
-    """The loop shared by OPD and SFT: schedule, AdamW, eval, logging, checkpoints, exact resume."""
+    """The loop shared by OPD and SFT: schedule, AdamW, eval, logging, checkpoints, exact resume. A step's batch
+    holds batch_size / group_size samples, each `group_size` times in a row (GRPO's groups)."""
     cfg = config.train
     steps = steps or cfg.steps
     batch_size = batch_size or cfg.batch_size
@@ -122,7 +126,7 @@ def run_loop(
         enter_step(step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         lr = learning_rate(step, steps, peak_lr, warmup_steps, cfg.schedule, cfg.min_lr_ratio)
-        samples = batch_of(train_samples, step, batch_size, cfg.seed)
+        samples = grouped_batch_of(train_samples, step, batch_size, cfg.seed, group_size)
         record = {"step": step, **optimizer_step(model, optimizer, partial(step_fn, step, samples), lr, cfg)}
         state["skipped"] += record.get("skipped", 0)
         count_skipped_update(state, record)
@@ -237,12 +241,19 @@ def batch_of(samples, step: int, batch_size: int, seed: int) -> list[Sample]:
     return batch
 
 
+def grouped_batch_of(samples, step: int, batch_size: int, seed: int, group_size: int = 1) -> list[Sample]:
+    """`batch_of` with batch_size / group_size distinct samples, each repeated `group_size` times consecutively:
+    a group's rollouts are all in one step, and the step is still a pure function of (seed, step)."""
+    distinct = batch_of(samples, step, batch_size // group_size, seed)
+    return [sample for sample in distinct for _ in range(group_size)]
+
+
 @dataclass
 class Rendered:
     """A sample rendered for the student and for the teacher."""
 
     student: Prepared
-    teacher: Prepared
+    teacher: Prepared | None  # None without a teacher (teacher.kind none)
 
 
 def check_prompt_length(prepared: Prepared, bundle: ModelBundle, limit: int) -> None:
@@ -263,7 +274,8 @@ def render_batch(
         try:
             student_view = prepare(sample, student_messages(sample), parts.student, parts.processors)
             check_prompt_length(student_view, parts.student, max_prompt_tokens)
-            rendered.append(Rendered(student_view, parts.teacher.prepare(sample)))
+            teacher_view = None if parts.teacher is None else parts.teacher.prepare(sample)
+            rendered.append(Rendered(student_view, teacher_view))
         except BAD_SAMPLE as error:
             if on_error == "raise":
                 raise
@@ -289,7 +301,8 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config, step: int = 0)
         rollouts.append(generate_group(parts.engine, parts.student, prompt, group, group_fixed))
     crash_point("rollout")
     # Every micro-batch is scored first: a rollout the teacher cannot align leaves the loss's normaliser.
-    scored = config.loss.kind != "cross_entropy"  # the cross-entropy loss reads no teacher signal: no teacher forward
+    # The cross-entropy loss reads no teacher signal, and teacher.kind none has no teacher: no teacher forward.
+    scored = parts.teacher is not None and config.loss.kind != "cross_entropy"
     signals = [
         parts.teacher.score([r.teacher for r in group], [r.completion_ids for r in group_rollouts], group_rollouts)
         if scored
@@ -304,10 +317,18 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config, step: int = 0)
         # reuse: returned first, it is not resident under the step's peak (~80 MB at the bench's default work).
         release_free_heap()
     supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
-    totals = accumulate_gradients(parts.student, LearnerBatch(prompts, rollouts, signals, supervised), config)
+    advantages, reward_stats = [], {}
+    if config.loss.reward_weight:
+        # The whole step's rewards before any loss: a group's advantage needs all its rollouts.
+        verify, group_size, scale = parts.task.verify, config.rollout.group_size, config.loss.advantage_scale
+        advantages, reward_stats = step_advantages(rollouts, parts.student.tokenizer, verify, group_size, scale)
+    batch = LearnerBatch(prompts, rollouts, signals, supervised, advantages=advantages)
+    totals = accumulate_gradients(parts.student, batch, config)
+    if parts.teacher is None:
+        totals.pop("kl")  # no teacher, no distance to it
     signal_bytes = sum(signal.num_bytes() for signal in signals)
     metrics = step_metrics(rollouts, supervised, signal_bytes, len(reasons), began)
-    return {**totals, **metrics, **sources.metrics(rollouts)}
+    return {**totals, **reward_stats, **metrics, **sources.metrics(rollouts)}
 
 
 def step_metrics(rollouts, supervised: int, signal_bytes: int, skipped: int, began: float) -> dict[str, float]:
