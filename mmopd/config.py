@@ -383,6 +383,33 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class OfflineConfig:
+    store: str = ""
+    """Offline OPD (Lightning OPD): a teacher-signal store directory. When set, training draws its batches from the
+    store's rollouts (sampled once by the initial student) and their precomputed teacher signal, and builds no
+    teacher; a missing store is collected first (also `mmopd offline collect`). Empty: online OPD."""
+    num_rollouts: int = 0
+    """Rollouts to collect, rounded up to whole train.batch_size batches (0: train.steps × train.batch_size, as
+    many as online OPD samples); training then cycles over them."""
+    hidden_dtype: str = "bfloat16"
+    """dtype of the stored teacher hidden states: bfloat16 | float16 | float32 (the loss upcasts to fp32)."""
+    sft_teacher: str = ""
+    """Teacher consistency reference: the model directory (or `sha256:...` weight digest) of the teacher whose
+    outputs the student was fine-tuned on. Empty: unknown (training warns that consistency is unchecked)."""
+    consistency: str = "error"
+    """A store whose teacher differs from `sft_teacher`: error (stop before training) | warn (train anyway, e.g.
+    to measure the bias)."""
+
+    def __post_init__(self):
+        if self.num_rollouts < 0:
+            raise ConfigError(f"offline.num_rollouts must be 0 (one pass) or more, got {self.num_rollouts}")
+        if self.hidden_dtype not in ("bfloat16", "float16", "float32"):
+            raise ConfigError(f"offline.hidden_dtype must be bfloat16, float16 or float32, got {self.hidden_dtype!r}")
+        if self.consistency not in ("error", "warn"):
+            raise ConfigError(f"offline.consistency must be error or warn, got {self.consistency!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     student: ModelConfig = field(default_factory=ModelConfig)
     """The student model."""
@@ -415,6 +442,8 @@ class Config:
     """Which of `teachers` scores a sample."""
     device: str = "cpu"
     """cpu | cuda | auto."""
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    """Offline OPD: train from a store of rollouts and teacher signal collected once (no live teacher)."""
 
     def __post_init__(self):
         if self.runtime not in ("local", "ray"):
@@ -426,6 +455,18 @@ class Config:
             raise ConfigError("teacher.signal=sampled carries no distribution; use loss.kind=policy_gradient")
         if self.teacher.head_sharding == "vocab":
             check_vocab_sharding(self)
+        if self.offline.store:
+            check_offline(self)
+
+
+def check_offline(config: Config) -> None:
+    """An offline store holds one teacher's signal on the student's tokens, for the local runtime."""
+    if config.runtime != "local" or config.teachers:
+        raise ConfigError("offline.store trains in one process from one teacher's store; set runtime: local")
+    if config.teacher.kind != "model":
+        raise ConfigError("offline.store holds a separate teacher's signal; set teacher.kind=model")
+    if config.teacher.tokenizer != "student":
+        raise ConfigError("offline.store holds signal on the student's tokens; set teacher.tokenizer=student")
 
 
 def check_vocab_sharding(config: Config) -> None:
