@@ -81,7 +81,7 @@ def _add_offline_parser(commands: argparse._SubParsersAction) -> None:
     )
     collect.add_argument("config", help="YAML config file")
     collect.add_argument("overrides", nargs="*", help="a.b=value overrides")
-    collect.add_argument("--store", help="store directory (default: offline.store of the config)")
+    collect.add_argument("--run-dir", type=Path, default=Path("."), help="where a relative offline.store lies")
 
 
 def _add_align_parser(parser: argparse.ArgumentParser) -> None:
@@ -204,14 +204,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _offline_collect(args: argparse.Namespace) -> int:
-    from mmopd.offline import collect_store
+    from mmopd.offline import collect_store, store_location
 
-    overrides = [*args.overrides, f"offline.store={args.store}"] if args.store else args.overrides
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, args.overrides)
     if not config.offline.store:
-        raise ConfigError("offline collect needs a store directory: --store PATH or offline.store=PATH")
-    summary = collect_store(config, Path(config.offline.store))
-    print(json.dumps({"store": config.offline.store, **summary}, indent=2))
+        raise ConfigError("offline collect needs a store directory: offline.store=PATH")
+    store = store_location(config, args.run_dir)
+    summary = collect_store(config, store)
+    print(json.dumps({"store": str(store), **summary}, indent=2))
     return 0
 
 

@@ -387,7 +387,8 @@ class OfflineConfig:
     store: str = ""
     """Offline OPD (Lightning OPD): a teacher-signal store directory. When set, training draws its batches from the
     store's rollouts (sampled once by the initial student) and their precomputed teacher signal, and builds no
-    teacher; a missing store is collected first (also `mmopd offline collect`). Empty: online OPD."""
+    teacher; a missing store is collected first (also `mmopd offline collect`). A relative path lies in the run
+    directory. Empty: online OPD."""
     num_rollouts: int = 0
     """Rollouts to collect, rounded up to whole train.batch_size batches (0: train.steps × train.batch_size, as
     many as online OPD samples); training then cycles over them."""

@@ -106,7 +106,7 @@ def stacked_signal(signals: list, hidden_dtype: torch.dtype) -> dict[str, torch.
 
 def train_offline(config: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict:
     """Offline OPD of `config.student` from the store `offline.store` (collected first when missing)."""
-    store_path = Path(config.offline.store)
+    store_path = store_location(config, run_dir)
     collected = collect_store(config, store_path) if not store_path.exists() else None
     store = open_store(store_path)
     check_store_config(store, config)
@@ -135,6 +135,11 @@ def train_offline(config: Config, run_dir: Path, resume: bool = False, stop_afte
         "teacher_consistency": consistency,
         "same_initial_student": same_student,
     }
+
+
+def store_location(config: Config, run_dir: Path) -> Path:
+    """`offline.store`; a relative path lies in the run directory, so each recipe run scores its own teacher."""
+    return Path(run_dir) / config.offline.store
 
 
 def offline_step(
