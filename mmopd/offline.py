@@ -133,6 +133,7 @@ def train_offline(config: Config, run_dir: Path, resume: bool = False, stop_afte
         "collect_seconds": store.manifest["summary"]["collect_seconds"] if collected else 0.0,
         "stored_rollouts": len(store.records),
         "teacher_consistency": consistency,
+        "store_teacher_digest": store.manifest["teacher_digest"],
         "same_initial_student": same_student,
     }
 
