@@ -1,4 +1,4 @@
-"""`mmopd train | sft | eval | demo | data check | align | bench`: thin wrappers that load a config (or
+"""`mmopd train | sft | eval | demo | data check | align | bench | offline collect`: thin wrappers that load a config (or
 read their arguments) and call one function."""
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""Offline OPD, after Lightning OPD (Wu, Han, Cai 2026, arXiv 2604.13010): collect once, train without a teacher.
+"""Offline OPD after Lightning OPD (Wu, Han, Cai 2026, arXiv 2604.13010): score once, train with no teacher.
 
-Collection: the initial student samples rollouts for training prompts (drawn and seeded exactly as online OPD's
-first steps) and the teacher scores them once; both go into a store (mmopd/teacher_store.py). Training draws
-each step's batch from the stored rollouts, re-renders the student's prompts from the task's samples, and uses
-the stored signal: no teacher is built. The paper precomputes sampled-token logprobs for its policy-gradient
-loss; mmopd also stores final hidden states (+ head once), so the full-vocabulary divergences work offline too.
-Teacher consistency (the teacher of the student's SFT data must be the OPD teacher) is checked by weight digest.
+The initial student's rollouts (drawn and seeded as online OPD's first steps) are scored once into a store;
+training reuses them with no teacher built. The paper stores sampled-token logprobs for a policy-gradient loss;
+mmopd also stores hidden states (+ head once) for full-vocabulary divergences, and checks teacher consistency.
 """
 
 from __future__ import annotations

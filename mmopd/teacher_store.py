@@ -1,10 +1,8 @@
-"""The teacher-signal store of offline OPD: rollouts of the initial student and the teacher's signal on them.
+"""The teacher-signal store of offline OPD: the initial student's rollouts and the teacher's signal on them.
 
-A directory: `rollouts.json` (per rollout: its sample's index in the task's train set, sampled ids, behaviour
-logprobs, byte spans, bytes, finish reason, and where its tokens start in the signal), `signal.safetensors`
-(final hidden states (N, H) in the chosen dtype, or sampled logprobs (N,)), `head.safetensors` (the teacher's
-output head, once), the config it was made with, and a manifest with the teacher's and the student's weight
-digests. Written into a temporary directory and renamed into place, like a checkpoint (mmopd/checkpoint.py).
+A directory: `rollouts.json` (sample index, sampled ids, behaviour logprobs, byte spans, finish reason, offset into
+the signal), `signal.safetensors` (hidden states (N, H) in a chosen dtype, or sampled logprobs (N,)), the head once,
+the config, and a manifest with weight digests; built in a temporary directory and renamed, like a checkpoint.
 """
 
 from __future__ import annotations
