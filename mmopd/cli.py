@@ -1,5 +1,5 @@
-"""`mmopd train | sft | eval | demo | data check | align | bench | offline collect`: thin wrappers that load a config (or
-read their arguments) and call one function."""
+"""`mmopd train | sft | eval | demo | data check | align | bench | offline collect`: thin wrappers that load a
+config (or read their arguments) and call one function."""
 
 from __future__ import annotations
 
