@@ -172,18 +172,29 @@ def offline_step(
 
 def check_store_config(store: TeacherStore, config: Config) -> None:
     """The store must have been collected under this config's teacher, task, tokenizer and sampling."""
-    made_with = yaml.safe_load((store.path / "config.yaml").read_text())
-    now = to_dict(config)
-    for key in STORE_KEYS:
-        if made_with.get(key) != now[key]:
+    made_with = leaves(yaml.safe_load((store.path / "config.yaml").read_text()))
+    now = leaves(to_dict(config))
+    for key in sorted(k for k in {*made_with, *now} if k.split(".")[0] in STORE_KEYS):
+        if made_with.get(key) != now.get(key):
             raise StoreError(
                 f"teacher store {store.path} was collected with {key}={made_with.get(key)!r}, this run has "
-                f"{key}={now[key]!r}; collect a new store (another offline.store path) or restore the config"
+                f"{key}={now.get(key)!r}; collect a new store (another offline.store path) or restore the config"
             )
     if store.kind != config.teacher.signal:
         raise StoreError(
             f"teacher store {store.path} holds {store.kind} signal; teacher.signal={config.teacher.signal}"
         )
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: value}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def teacher_consistency(store: TeacherStore, config: Config) -> str:

@@ -116,5 +116,7 @@ def test_a_store_of_another_config_is_refused(tmp_path):
     config = offline_config(tmp_path / "store")
     collect_store(config, config.offline.store)
     changed = offline_config(tmp_path / "store", "rollout.temperature=0.7")
-    with pytest.raises(StoreError, match="collected with rollout="):
+    with pytest.raises(
+        StoreError, match="collected with rollout.temperature=1.0, this run has rollout.temperature=0.7"
+    ):
         train_offline(changed, tmp_path / "run")
