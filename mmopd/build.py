@@ -55,7 +55,14 @@ def evaluate_on_task(config: Config, task: Any, processors: dict, bundle: ModelB
     samples = task.eval_samples()
     samples = [samples[i] for i in range(min(config.eval.num_samples, len(samples)))]
     return evaluate(
-        bundle, samples, messages_for, task.verify, processors, config.eval.batch_size, config.eval.max_new_tokens
+        bundle,
+        samples,
+        messages_for,
+        task.verify,
+        processors,
+        config.eval.batch_size,
+        config.eval.max_new_tokens,
+        config.eval.group_by,
     )
 
 

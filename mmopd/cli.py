@@ -1,5 +1,5 @@
-"""`mmopd train | sft | eval | demo | data check | align | bench | offline collect`: thin wrappers that load a
-config (or read their arguments) and call one function."""
+"""`mmopd train | sft | eval | demo | recipe | compare | data check | align | bench | offline collect`: thin
+wrappers that load a config (or read their arguments) and call one function."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         ("sft", "supervised fine-tuning (teacher warm-up or student cold start)"),
         ("eval", "held-out accuracy of the student (or of a model directory)"),
         ("demo", "SFT a tiny text teacher, then distil it into a tiny VLM student"),
+        ("recipe", "run a recipe: its warm-ups (teacher, student SFT), then its training (configs/recipes/)"),
     ):
         sub = commands.add_parser(name, help=about, description=about, epilog=_config_help(), formatter_class=formatter)
         if name != "demo":
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--run-dir", type=Path, help="run directory (default: a new one under runs/)")
             sub.add_argument("--resume", action="store_true", help="continue the run found in --run-dir")
+    _add_compare_parser(commands)
     _add_data_parser(commands)
     _add_offline_parser(commands)
     _add_align_parser(commands.add_parser("align", help="align a student's and a teacher's tokens of a text"))
@@ -60,6 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench_align_parser(bench_kinds.add_parser("align", help="alignment throughput, mmopd against TRL GOLD"))
     add_bench_parsers(bench_kinds)  # opd (mmopd against TRL's DistillationTrainer), transport
     return parser
+
+
+def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    about = "train one student by several methods (OPD, SFT on teacher samples, RL) over seeds; table and plot"
+    compare = commands.add_parser("compare", help=about, description=about)
+    compare.add_argument("config", help="YAML config: task, models, schedule and warm-ups shared by every method")
+    compare.add_argument("overrides", nargs="*", help="a.b=value overrides for every method")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values (default 0,1,2)")
+    compare.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        help="NAME (opd | sft_teacher_samples | rl_verifier) or 'NAME: a.b=v ...'; repeat it (default: the three)",
+    )
+    compare.add_argument("--run-dir", type=Path, help="run directory (default: a new one under runs/)")
+    compare.add_argument("--resume", action="store_true", help="continue; finished (method, seed) runs are kept")
 
 
 def _add_data_parser(commands: argparse._SubParsersAction) -> None:
@@ -163,14 +181,26 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir")
     run_dir = args.run_dir or _new_run_dir(args.command)
+    if args.command == "compare":
+        from mmopd.compare import compare, parse_methods
+
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        result = compare(Path(args.config), args.overrides, run_dir, parse_methods(args.method), seeds, args.resume)
+        print((run_dir / "compare.md").read_text(), end="")
+        print(f"table, plot and curves: {run_dir / 'compare.md'}, compare.png, compare.json")
+        return 0 if result["methods"] else 1
     if args.command == "demo":
-        from mmopd.demo import demo
+        from mmopd.recipe import demo
 
         summary = demo(args.overrides, run_dir, args.resume, args.config)
+    elif args.command == "recipe":
+        from mmopd.recipe import run_recipe
+
+        summary = run_recipe(Path(args.config), args.overrides, run_dir, args.resume)
     else:
         config = load_config(args.config, args.overrides)
-        from mmopd.demo import write_summary
         from mmopd.metrics import plot_metrics
+        from mmopd.recipe import write_summary
 
         if args.command == "train":
             from mmopd.trainer import train_on_runtime as run

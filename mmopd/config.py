@@ -138,6 +138,9 @@ class TeacherConfig:
     """Where the learner keeps the teacher's output head for the hidden signal: none (whole on every learner rank) |
     vocab (each of the learner.world_size ranks keeps its slice of the vocabulary rows; the divergence, or the
     policy gradient's teacher logprobs, are computed vocabulary-parallel; the student's tokenizer only)."""
+    sft_task_args: dict = field(default_factory=dict)
+    """`mmopd recipe`: task arguments over data.task_args for this teacher's warm-up SFT, e.g. {questions: [colour]}
+    makes a colour specialist (multi-teacher recipes)."""
     tokenizer: str = "student"
     """Tokenizer of a tiny teacher (a loaded `model.path` brings its own): student (the student's) | bpe:N (a
     byte-level BPE of N tokens trained on the task's text) | qwen | a named tokenizer of mmopd.tokenizers (qwen2,
@@ -307,6 +310,13 @@ class EvalConfig:
     """Samples per generate call during evaluation."""
     max_new_tokens: int = 8
     """Longest greedy completion during evaluation."""
+    group_by: str = ""
+    """meta.KEY: also report the accuracy of each value of the eval samples' meta[KEY] as `accuracy/VALUE` (e.g.
+    meta.question: colour and shape questions apart); empty: overall accuracy only."""
+
+    def __post_init__(self):
+        if self.group_by and not (self.group_by.startswith("meta.") and len(self.group_by) > 5):
+            raise ConfigError(f"eval.group_by must be empty or meta.KEY, got {self.group_by!r}")
 
 
 @dataclass(frozen=True)
@@ -321,6 +331,20 @@ class SFTConfig:
     """Peak learning rate."""
     warmup_steps: int = 10
     """Linear warm-up steps."""
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    teacher_sft: bool = True
+    """`mmopd recipe` and `mmopd demo`: fine-tune each separate tiny teacher (kind model, empty model.path) on its own
+    view for `sft.steps` before training, and train against the result."""
+    student_steps: int = 0
+    """`mmopd recipe`: fine-tune the student on the reference answers for this many steps (other settings from `sft`)
+    and start training from it; 0 starts from the initial weights (RL needs a student that answers sometimes)."""
+
+    def __post_init__(self):
+        if self.student_steps < 0:
+            raise ConfigError(f"warmup.student_steps must be 0 or more, got {self.student_steps}")
 
 
 @dataclass(frozen=True)
@@ -390,8 +414,10 @@ class OfflineConfig:
     teacher; a missing store is collected first (also `mmopd offline collect`). A relative path lies in the run
     directory. Empty: online OPD."""
     num_rollouts: int = 0
-    """Rollouts to collect, rounded up to whole train.batch_size batches (0: train.steps × train.batch_size, as
-    many as online OPD samples); training then cycles over them."""
+    """Rollouts to collect, rounded up to whole train.batch_size batches (0: train.steps × train.batch_size / passes);
+    training then cycles over them."""
+    passes: float = 1.0
+    """With num_rollouts 0: how many times training goes over the store (1: as many rollouts as online OPD samples)."""
     hidden_dtype: str = "bfloat16"
     """dtype of the stored teacher hidden states: bfloat16 | float16 | float32 (the loss upcasts to fp32)."""
     sft_teacher: str = ""
@@ -403,7 +429,9 @@ class OfflineConfig:
 
     def __post_init__(self):
         if self.num_rollouts < 0:
-            raise ConfigError(f"offline.num_rollouts must be 0 (one pass) or more, got {self.num_rollouts}")
+            raise ConfigError(f"offline.num_rollouts must be 0 (set by passes) or more, got {self.num_rollouts}")
+        if self.passes < 1:
+            raise ConfigError(f"offline.passes must be at least 1, got {self.passes}")
         if self.hidden_dtype not in ("bfloat16", "float16", "float32"):
             raise ConfigError(f"offline.hidden_dtype must be bfloat16, float16 or float32, got {self.hidden_dtype!r}")
         if self.consistency not in ("error", "warn"):
@@ -430,6 +458,8 @@ class Config:
     """Held-out evaluation."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised fine-tuning (`mmopd sft`, the demo's teacher warm-up)."""
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    """What `mmopd recipe` fine-tunes before training (teachers, student)."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     """The learner group: torch.distributed ranks that hold the student and its optimizer."""
     runtime: str = "local"

@@ -55,7 +55,8 @@ def collect_store(config: Config, path: Path | str) -> dict[str, Any]:
     if isinstance(parts.teacher, CrossTokenizerTeacher):
         raise StoreError("an offline store holds signal on the student's tokens; the teacher's tokenizer differs")
     cfg = config.train
-    batches = math.ceil((config.offline.num_rollouts or cfg.steps * cfg.batch_size) / cfg.batch_size)
+    wanted = config.offline.num_rollouts or math.ceil(cfg.steps * cfg.batch_size / config.offline.passes)
+    batches = math.ceil(wanted / cfg.batch_size)
     train_samples = parts.task.train_samples()
     records, signals, offset = [], [], 0
     for step in range(1, batches + 1):

@@ -39,6 +39,7 @@ from mmopd.trainer import (
     batch_of,
     check_prompt_length,
     evaluate_and_log,
+    evaluate_before,
     learning_rate,
     open_run,
     skip_log_size,
@@ -108,9 +109,7 @@ def run(config: Config, run_dir: Path, resume: bool, stop_after, parts: Parts, p
         state.setdefault(key, 0)
     log = MetricsLog(run_dir, state["step"] if state["accuracy_before"] is not None else -1, wandb=cfg.wandb)
     began = time.perf_counter() - state["wall_seconds"]
-    if state["accuracy_before"] is None:
-        state["accuracy_before"] = state["accuracy_last"] = evaluate(parts)["accuracy"]
-        log.log({"step": 0, "accuracy": state["accuracy_before"]})
+    evaluate_before(state, log, lambda: evaluate(parts))
     pools.rollouts.sync(learner.weights(), state["step"])
     depth = config.ray.max_staleness if config.ray.async_rollouts else 0
     train_samples, in_flight = parts.task.train_samples(), {}

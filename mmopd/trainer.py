@@ -119,9 +119,7 @@ def run_loop(
     # Metrics after the checkpoint's step are replayed; with no checkpoint, step 0 is logged again too.
     log = MetricsLog(run_dir, state["step"] if state["accuracy_before"] is not None else -1, wandb=cfg.wandb)
     began = time.perf_counter() - state["wall_seconds"]
-    if state["accuracy_before"] is None:
-        state["accuracy_before"] = state["accuracy_last"] = eval_fn()["accuracy"]
-        log.log({"step": 0, "accuracy": state["accuracy_before"]})
+    evaluate_before(state, log, eval_fn)
     progress = tqdm(total=steps, initial=state["step"], disable=not cfg.progress, dynamic_ncols=True)
     for step in range(state["step"] + 1, steps + 1):
         enter_step(step)
@@ -153,6 +151,14 @@ def run_loop(
 def seed_step(seed: int, step: int) -> None:
     """Reseed torch from (seed, step): what a step samples does not depend on the steps before it."""
     torch.manual_seed(seed * 1_000_003 + step)
+
+
+def evaluate_before(state: dict[str, Any], log: MetricsLog, eval_fn) -> None:
+    """A new run's step-0 evaluation: every eval metric is logged, and its accuracy is `accuracy_before`."""
+    if state["accuracy_before"] is None:
+        before = eval_fn()
+        state["accuracy_before"] = state["accuracy_last"] = before["accuracy"]
+        log.log({"step": 0, **before})
 
 
 def evaluate_and_log(state: dict[str, Any], record: dict[str, Any], log: MetricsLog, eval_fn, last: bool, cfg) -> None:

@@ -100,8 +100,9 @@ class ShapesTask:
         return sample.answer is not None and normalise_answer(completion) == sample.answer
 
     def corpus(self) -> Iterator[str]:
-        for question in self.questions:
-            yield QUESTION_TEXT[question]
+        # Every question the task can ask, not only `questions`: a specialist fine-tuned on one kind of question
+        # (a multi-teacher recipe) then shares the tokenizer trained on this corpus.
+        yield from QUESTION_TEXT.values()
         for colour in self.colours:
             for shape in self.shapes:
                 yield _describe(colour, shape)
