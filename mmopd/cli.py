@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from mmopd.actor_pool import ActorFailure
@@ -221,14 +222,17 @@ def _eval(args: argparse.Namespace) -> int:
         build_task,
         evaluate_on_task,
     )
-    from mmopd.views import student_messages
+    from mmopd.views import opsd_messages, student_messages
 
     overrides = [*args.overrides, f"student.path={args.model}"] if args.model else args.overrides
     config = load_config(args.config, overrides)
     build_network_policy(config)
     task = build_task(config.data)
     student, _ = build_student_and_tokenizer(config, task)
-    result = evaluate_on_task(config, task, build_processors(config.data), student, student_messages)
+    messages_for = student_messages
+    if config.eval.with_context:
+        messages_for = partial(opsd_messages, template=config.teacher.privileged_template)
+    result = evaluate_on_task(config, task, build_processors(config.data), student, messages_for)
     print(json.dumps(result, indent=2))
     return 0
 

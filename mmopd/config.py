@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,8 @@ class TeacherConfig:
     """What the teacher reads: text (the privileged text in place of the media) | media (the same media
     through the teacher's own processor)."""
     privileged_template: str = "Context: {privileged}\n"
-    """OPSD (kind: self): how the privileged text is prepended to the student's own prompt."""
+    """OPSD (kind: self): the context prepended to the student's own prompt; it may name the sample's
+    {privileged} text and its reference {answer}, or neither (a fixed instruction, e.g. "Answer in one word.\n")."""
     self_weights: str = "live"
     """OPSD: live (current student weights, no gradient) | frozen (the weights at the start of training)."""
     signal: str = "hidden"
@@ -161,10 +163,29 @@ class TeacherConfig:
             raise ConfigError(f"teacher.signal must be hidden or sampled, got {self.signal!r}")
         if self.head_sharding not in ("none", "vocab"):
             raise ConfigError(f"teacher.head_sharding must be none or vocab, got {self.head_sharding!r}")
+        check_privileged_template(self.privileged_template)
         if self.kind == "self" and self.tokenizer != "student":
             raise ConfigError(
                 "an OPSD teacher (teacher.kind=self) reads the student's tokenizer; set teacher.tokenizer=student"
             )
+
+
+def template_fields(template: str) -> set[str]:
+    """The `{field}` names a format string uses."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def check_privileged_template(template: str) -> None:
+    """An OPSD template is a format string naming only {privileged} and {answer}."""
+    try:
+        names = template_fields(template)
+    except ValueError as error:
+        raise ConfigError(f"teacher.privileged_template {template!r}: {error}") from None
+    unknown = names - {"privileged", "answer"}
+    if unknown:
+        raise ConfigError(
+            f"teacher.privileged_template names {sorted(unknown)}; it may use {{privileged}} and {{answer}}"
+        )
 
 
 def check_tokenizer_name(name: str) -> None:
@@ -193,13 +214,28 @@ class RolloutConfig:
     """Nucleus sampling mass (1.0 = off)."""
     top_k: int = 0
     """Top-k sampling (0 = off)."""
+    on_policy_fraction: float = 1.0
+    """GKD's λ: each sample of a step is, with this probability, a completion the student samples (on-policy),
+    else one from `off_policy_source`; the draw is a function of (train.seed, step, position in the batch)."""
+    off_policy_source: str = "answers"
+    """Where off-policy completions come from: answers (the sample's reference answer, tokenised exactly, then
+    the end-of-turn token: GKD's fixed dataset) | teacher (the teacher samples from its own view at this
+    section's temperature and max_new_tokens: sequence-level KD)."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.on_policy_fraction <= 1.0:
+            raise ConfigError(f"rollout.on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}")
+        if self.off_policy_source not in ("answers", "teacher"):
+            raise ConfigError(f"rollout.off_policy_source must be answers or teacher, got {self.off_policy_source!r}")
 
 
 @dataclass(frozen=True)
 class LossConfig:
     kind: str = "divergence"
     """divergence (full-distribution divergence from hidden states) | policy_gradient (sampled-token
-    reverse KL as a per-token advantage, clipped importance ratio against behaviour logprobs)."""
+    reverse KL as a per-token advantage, clipped importance ratio against behaviour logprobs) |
+    cross_entropy (negative log-likelihood of the completion under the student; no teacher signal: SFT on
+    off-policy completions, see rollout.on_policy_fraction)."""
     divergence: str = "reverse_kl"
     """forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl | tv (or a registered loss)."""
     beta: float = 0.5
@@ -216,8 +252,8 @@ class LossConfig:
     ULD; GOLD's shared-ids divergence + ULD on the rest)."""
 
     def __post_init__(self):
-        if self.kind not in ("divergence", "policy_gradient"):
-            raise ConfigError(f"loss.kind must be divergence or policy_gradient, got {self.kind!r}")
+        if self.kind not in ("divergence", "policy_gradient", "cross_entropy"):
+            raise ConfigError(f"loss.kind must be divergence, policy_gradient or cross_entropy, got {self.kind!r}")
         if self.cross_tokenizer not in ("shared", "shared_bytes", "alm", "uld", "gold"):
             raise ConfigError(
                 f"loss.cross_tokenizer must be shared, shared_bytes, alm, uld or gold, got {self.cross_tokenizer!r}"
@@ -313,6 +349,9 @@ class EvalConfig:
     group_by: str = ""
     """meta.KEY: also report the accuracy of each value of the eval samples' meta[KEY] as `accuracy/VALUE` (e.g.
     meta.question: colour and shape questions apart); empty: overall accuracy only."""
+    with_context: bool = False
+    """`mmopd eval`: the student reads the OPSD teacher's view (teacher.privileged_template prepended), which
+    measures what a self-teacher knows (its ceiling) rather than the student."""
 
     def __post_init__(self):
         if self.group_by and not (self.group_by.startswith("meta.") and len(self.group_by) > 5):
@@ -331,6 +370,14 @@ class SFTConfig:
     """Peak learning rate."""
     warmup_steps: int = 10
     """Linear warm-up steps."""
+    context_fraction: float = 0.0
+    """target student: the fraction of samples (fixed per sample id) rendered in the OPSD teacher's view
+    (teacher.privileged_template prepended) and trained on the answer that goes with the context, so the
+    student learns to read the context a self-teacher will get; the rest render as the student's own view."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.context_fraction <= 1.0:
+            raise ConfigError(f"sft.context_fraction must be in [0, 1], got {self.context_fraction}")
 
 
 @dataclass(frozen=True)
@@ -482,7 +529,8 @@ class Config:
         if self.learner.world_size > 1 and self.runtime != "ray":
             raise ConfigError("learner.world_size > 1 runs the learner ranks as Ray actors; set runtime: ray")
         check_teachers(self)
-        if self.teacher.signal == "sampled" and self.loss.kind != "policy_gradient":
+        check_completion_sources(self)
+        if self.teacher.signal == "sampled" and self.loss.kind not in ("policy_gradient", "cross_entropy"):
             raise ConfigError("teacher.signal=sampled carries no distribution; use loss.kind=policy_gradient")
         if self.teacher.head_sharding == "vocab":
             check_vocab_sharding(self)
@@ -498,6 +546,42 @@ def check_offline(config: Config) -> None:
         raise ConfigError("offline.store holds a separate teacher's signal; set teacher.kind=model")
     if config.teacher.tokenizer != "student":
         raise ConfigError("offline.store holds signal on the student's tokens; set teacher.tokenizer=student")
+    if config.rollout.on_policy_fraction != 1 or config.loss.kind == "cross_entropy":
+        raise ConfigError(
+            "offline.store holds the student's own rollouts and their teacher signal; set "
+            "rollout.on_policy_fraction=1 and loss.kind to divergence or policy_gradient"
+        )
+
+
+def check_completion_sources(config: Config) -> None:
+    """Off-policy completions (rollout.on_policy_fraction < 1) and the cross_entropy loss: what runs them."""
+    mixed, cross_entropy = config.rollout.on_policy_fraction < 1.0, config.loss.kind == "cross_entropy"
+    if config.runtime == "ray" and (mixed or cross_entropy):
+        raise ConfigError(
+            "runtime ray samples every completion with the student and scores it with the teacher; "
+            "rollout.on_policy_fraction < 1 and loss.kind=cross_entropy run with runtime local"
+        )
+    if cross_entropy and not mixed:
+        raise ConfigError(
+            "loss.kind=cross_entropy with rollout.on_policy_fraction=1 trains on the student's own samples with no "
+            "teacher signal; lower on_policy_fraction (0: SFT on off_policy_source) or pick another loss.kind"
+        )
+    if mixed and config.loss.kind == "policy_gradient":
+        raise ConfigError(
+            "loss.kind=policy_gradient needs the sampling policy's logprobs, which off-policy completions lack; "
+            "use loss.kind=divergence or cross_entropy with rollout.on_policy_fraction < 1"
+        )
+    teacher = config.teacher
+    if (
+        mixed
+        and config.rollout.off_policy_source == "teacher"
+        and teacher.kind == "self"
+        and teacher.self_weights == "frozen"
+    ):
+        raise ConfigError(
+            "rollout.off_policy_source=teacher samples from the OPSD teacher with live weights only; "
+            "set teacher.self_weights=live or off_policy_source=answers"
+        )
 
 
 def check_vocab_sharding(config: Config) -> None:

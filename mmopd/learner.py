@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from mmopd.completions import completion_cross_entropy
 from mmopd.config import Config, TrainConfig
 from mmopd.crash import crash_point
 from mmopd.cross_objective import alignment_metrics, cross_tokenizer_loss
@@ -132,6 +133,8 @@ def student_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The micro-batch's share of the loss, normalised by the whole step's supervised-token count. `divergence_fn`
     takes `chunked_divergence`'s arguments (the learner group passes its vocabulary-parallel form)."""
+    if config.loss.kind == "cross_entropy":
+        return completion_cross_entropy(student, prompt, rollouts, supervised_tokens, config.loss.chunk_size)
     if signal.cross is not None:
         return cross_tokenizer_loss(student, prompt, rollouts, signal, supervised_tokens, config)
     completions = [r.completion_ids for r in rollouts]

@@ -64,7 +64,7 @@ def collect_store(config: Config, path: Path | str) -> dict[str, Any]:
         indices = batch_of(range(len(train_samples)), step, cfg.batch_size, cfg.seed)
         samples = [train_samples[i] for i in indices]
         index_of = {id(sample): i for sample, i in zip(samples, indices)}
-        _, rollouts, step_signals, _ = sample_and_score(parts, samples, config)
+        _, rollouts, step_signals, _, _ = sample_and_score(parts, samples, config, step)
         for group, signal in zip(rollouts, step_signals):
             for rollout in group:
                 records.append(stored_rollout(rollout, index_of[id(rollout.sample)], offset))

@@ -42,6 +42,10 @@ class Sample:
     audios: list[MediaRef] = field(default_factory=list)
     privileged: str | None = None
     answer: str | None = None
+    context_answer: str | None = None
+    """The reference completion for a prompt that carries the OPSD context (teacher.privileged_template), when
+    it differs from `answer`: e.g. the one-word form an "Answer in one word." instruction asks for, where
+    `answer` is a sentence. The student's warm-up (sft.context_fraction) trains on it."""
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     """Why this sample cannot be used, when a task kept a malformed record (`data.on_error: skip`) so
@@ -64,6 +68,9 @@ class Rollout:
     completion_bytes: bytes
     finish_reason: str  # "stop" (EOS sampled) | "length"
     policy_version: int = 0
+    source: str = "student"
+    """Who wrote the completion: student (sampled on-policy) | answers (the sample's reference answer) | teacher
+    (sampled by the teacher, re-tokenised exactly for the student when their tokenizers differ)."""
 
     @property
     def text(self) -> str:

@@ -4,12 +4,13 @@ tokenized answer followed by the end-of-turn token)."""
 
 from __future__ import annotations
 
+import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmopd.align import tokenize_exact
 from mmopd.build import (
     build_network_policy,
     build_processors,
@@ -20,12 +21,20 @@ from mmopd.build import (
     evaluate_on_task,
     report_skip,
 )
+from mmopd.completions import answer_ids
 from mmopd.config import Config
 from mmopd.losses import cross_entropy
 from mmopd.models import ModelBundle, output_head
 from mmopd.sample import Sample
 from mmopd.trainer import BAD_SAMPLE, run_loop
-from mmopd.views import collate, completion_hidden_states, prepare, student_messages, text_view_messages
+from mmopd.views import (
+    collate,
+    completion_hidden_states,
+    opsd_messages,
+    prepare,
+    student_messages,
+    text_view_messages,
+)
 
 
 def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
@@ -40,12 +49,16 @@ def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | N
         bundle = build_teacher_model(config.teacher.model, tokenizer, config, trainable=True)
         messages_for = text_view_messages if config.teacher.view == "text" else student_messages
         processors = build_processors(config.data, config.teacher.processor_args)
+        view_for = partial(_view_with_answer, messages_for)
     else:
         bundle, _ = build_student_and_tokenizer(config, task)
         messages_for = student_messages
+        view_for = partial(
+            warmup_view, fraction=config.sft.context_fraction, template=config.teacher.privileged_template
+        )
 
     def step_fn(step: int, samples: list[Sample]) -> dict[str, Any]:
-        metrics, reasons = sft_step(bundle, samples, messages_for, processors, config)
+        metrics, reasons = sft_step(bundle, samples, view_for, processors, config)
         for reason in reasons:
             report_skip(run_dir / "skipped.txt", reason)
         return metrics
@@ -70,14 +83,35 @@ def sft(config: Config, run_dir: Path, resume: bool = False, stop_after: int | N
     return summary
 
 
-def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Config) -> tuple[dict, list[str]]:
+def warmup_view(sample: Sample, fraction: float, template: str) -> tuple[list[dict], str | None]:
+    """A student warm-up sample's messages and target. A fixed `fraction` of samples (by id) read the OPSD
+    teacher's view, exactly as the self-teacher will, and answer with `context_answer` when the sample has
+    one; the rest read the student's own view and answer with `answer`."""
+    if has_context(sample.id, fraction):
+        return opsd_messages(sample, template), sample.context_answer or sample.answer
+    return student_messages(sample), sample.answer
+
+
+def has_context(sample_id: str, fraction: float) -> bool:
+    """Whether a sample is in the context `fraction`: a hash of its id, the same in every run and process."""
+    draw = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") / 2**64  # uniform in [0, 1)
+    return draw < fraction
+
+
+def _view_with_answer(messages_for, sample: Sample) -> tuple[list[dict], str | None]:
+    return messages_for(sample), sample.answer
+
+
+def sft_step(bundle: ModelBundle, samples, view_for, processors, config: Config) -> tuple[dict, list[str]]:
+    """One SFT step; `view_for(sample)` gives the messages the model reads and the answer it learns."""
     prepared, answers, skipped = [], [], []
     for sample in samples:
         try:
-            if sample.answer is None:
+            messages, answer = view_for(sample)
+            if answer is None:
                 raise ValueError(f"sample {sample.id!r} has no answer to fine-tune on")
-            prepared.append(prepare(sample, messages_for(sample), bundle, processors))
-            answers.append(answer_ids(bundle, sample.answer))
+            prepared.append(prepare(sample, messages, bundle, processors))
+            answers.append(answer_ids(bundle, answer))
         except (*BAD_SAMPLE, ValueError) as error:
             if config.data.on_error == "raise":
                 raise
@@ -92,9 +126,3 @@ def sft_step(bundle: ModelBundle, samples, messages_for, processors, config: Con
     loss = cross_entropy(hidden, weight, bias, targets, weights, config.loss.chunk_size)
     loss.backward()
     return {"loss": float(loss.detach()), "skipped": len(skipped)}, skipped
-
-
-def answer_ids(bundle: ModelBundle, answer: str) -> list[int]:
-    """The answer's tokens and the end-of-turn token the model should learn to stop with. Tokenised exactly
-    (no SentencePiece dummy-prefix space), so a teacher with another tokenizer learns the bytes a student writes."""
-    return tokenize_exact(bundle.tokenizer, answer.encode("utf-8")) + [bundle.tokenizer.eos_token_id]

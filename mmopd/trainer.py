@@ -31,6 +31,7 @@ from mmopd.checkpoint import (
     save_model_dir,
     set_rng_state,
 )
+from mmopd.completions import generate_group, step_sources
 from mmopd.config import Config, save_config
 from mmopd.crash import crash_point, enter_step
 from mmopd.cross_objective import dropped_samples, supervised_tokens
@@ -45,7 +46,7 @@ from mmopd.learner import (  # noqa: F401  (student_loss, optimizer_step: re-exp
 )
 from mmopd.metrics import MetricsLog
 from mmopd.models import ModelBundle
-from mmopd.sample import MediaError, Sample
+from mmopd.sample import MediaError, Sample, TeacherSignal
 from mmopd.sampling import micro_batch_seed, rollout_seed_base
 from mmopd.views import Prepared, SampleError, collate, prepare, student_messages
 
@@ -60,7 +61,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, stop_after: int |
     unlogged = dict(blind_check)  # goes into the first step's record of this session
 
     def step_fn(step: int, samples: list[Sample]) -> dict[str, Any]:
-        record = {**opd_step(parts, samples, config), **unlogged}
+        record = {**opd_step(parts, samples, config, step), **unlogged}
         unlogged.clear()
         return record
 
@@ -279,10 +280,10 @@ def render_batch(
     return rendered, reasons
 
 
-def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, Any]:
+def opd_step(parts: Parts, samples: list[Sample], config: Config, step: int = 0) -> dict[str, Any]:
     """Sample, score, and accumulate gradients for one optimizer step; returns its metrics."""
     began = time.perf_counter()
-    prompts, rollouts, signals, reasons = sample_and_score(parts, samples, config)
+    prompts, rollouts, signals, reasons, source_metrics = sample_and_score(parts, samples, config, step)
     if config.train.release_heap:
         # Generation and scoring leave freed heap that the loss's (tokens × V) chunk buffers (mmapped) cannot
         # reuse: returned first, it is not resident under the step's peak (~80 MB at the bench's default work).
@@ -290,31 +291,40 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config) -> dict[str, A
     supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
     totals = accumulate_gradients(parts.student, LearnerBatch(prompts, rollouts, signals, supervised), config)
     signal_bytes = sum(signal.num_bytes() for signal in signals)
-    return {**totals, **step_metrics(rollouts, supervised, signal_bytes, len(reasons), began)}
+    metrics = step_metrics(rollouts, supervised, signal_bytes, len(reasons), began)
+    return {**totals, **metrics, **source_metrics}
 
 
-def sample_and_score(parts: Parts, samples: list[Sample], config: Config) -> tuple[list, list, list, list[str]]:
+def sample_and_score(parts: Parts, samples: list[Sample], config: Config, step: int = 0) -> tuple:
     """One step's collated student prompts, rollouts (per micro-batch, seeded from the step's generator), the
-    teacher's signal for them, and why samples were skipped (reported). Also what an offline store collects."""
+    teacher's signal for them, why samples were skipped (reported), and the completion sources' metrics. Also what
+    an offline store collects."""
     seed_base = rollout_seed_base()
     rendered, reasons = render_batch(parts, samples, config.data.on_error, config.data.max_prompt_tokens)
+    # rollout.on_policy_fraction < 1: some samples get an off-policy completion (answers or the teacher's).
+    sources = step_sources(parts, samples, rendered, step, seed_base, config)
+    rendered, reasons = sources.rendered, reasons + sources.reasons
     micro = config.train.micro_batch_size
     groups = [rendered[i : i + micro] for i in range(0, len(rendered), micro)]
+    fixed = [sources.fixed[i : i + micro] for i in range(0, len(rendered), micro)]
     prompts = [collate([r.student for r in group], parts.student) for group in groups]
     rollouts = []
-    for index, (prompt, group) in enumerate(zip(prompts, groups)):
+    for index, (prompt, group, group_fixed) in enumerate(zip(prompts, groups, fixed)):
         torch.manual_seed(micro_batch_seed(seed_base, index))
-        rollouts.append(parts.engine.generate(prompt, [r.student.sample for r in group]))
+        rollouts.append(generate_group(parts.engine, parts.student, prompt, group, group_fixed))
     crash_point("rollout")
     # Every micro-batch is scored first: a rollout the teacher cannot align leaves the loss's normaliser.
+    scored = config.loss.kind != "cross_entropy"  # the cross-entropy loss reads no teacher signal: no teacher forward
     signals = [
         parts.teacher.score([r.teacher for r in group], [r.completion_ids for r in group_rollouts], group_rollouts)
+        if scored
+        else TeacherSignal("none")
         for group, group_rollouts in zip(groups, rollouts)
     ]
     reasons += [reason for signal in signals for reason in dropped_samples(signal)]
     for reason in reasons:
         parts.report_skip(reason)
-    return prompts, rollouts, signals, reasons
+    return prompts, rollouts, signals, reasons, sources.metrics(rollouts)
 
 
 def step_metrics(rollouts, supervised: int, signal_bytes: int, skipped: int, began: float) -> dict[str, float]:

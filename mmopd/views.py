@@ -16,6 +16,7 @@ import torch
 import torchaudio
 from torch.func import functional_call
 
+from mmopd.config import template_fields
 from mmopd.models import ModelBundle, final_hidden_states
 from mmopd.sample import MediaError, Sample
 
@@ -65,10 +66,8 @@ def text_view_messages(sample: Sample) -> list[dict]:
 
 def opsd_messages(sample: Sample, template: str) -> list[dict]:
     """The student's own messages with the privileged context prepended to the first user turn."""
-    if not sample.privileged:
-        raise SampleError(f"sample {sample.id!r}: an OPSD teacher needs privileged text, and it has none")
     messages = copy.deepcopy(sample.messages)
-    context = template.format(privileged=sample.privileged)
+    context = opsd_context(sample, template)
     for message in messages:
         if message["role"] == "user":
             if isinstance(message["content"], str):
@@ -77,6 +76,20 @@ def opsd_messages(sample: Sample, template: str) -> list[dict]:
                 message["content"].insert(0, {"type": "text", "text": context})
             return messages
     raise SampleError(f"sample {sample.id!r}: no user message to add the privileged context to")
+
+
+TEMPLATE_FIELDS = {"privileged": "privileged text", "answer": "reference answer"}
+"""The sample fields an OPSD template may name, e.g. "Reference answer: {answer}\n"."""
+
+
+def opsd_context(sample: Sample, template: str) -> str:
+    """The template filled from the sample; only the fields the template names must be present."""
+    values = {"privileged": sample.privileged, "answer": sample.answer}
+    for name in sorted(template_fields(template)):
+        if not values.get(name):
+            what = TEMPLATE_FIELDS.get(name, f"a field {name!r}")
+            raise SampleError(f"sample {sample.id!r}: the OPSD template needs the {what} ({{{name}}}), and it has none")
+    return template.format(**values)
 
 
 def has_media_parts(messages: list[dict]) -> bool:

@@ -37,6 +37,10 @@ class ImageProcessor:
     """Both sides of the resized image are multiples of this (vision patch 14 * spatial merge 2)."""
     allow_outside_root: bool = False
     """Allow relative paths that leave their media root (`../`); off so datasets cannot read any file."""
+    blank: bool = False
+    """Replace every decoded image by a black one of the same size: an image-free ablation, and the fault that
+    configs/recipes/blind_teacher.yaml gives its teacher (teacher.processor_args.image.blank) to show that
+    teacher.blind_check stops a teacher that cannot see. Never on for a real run."""
 
     def __post_init__(self) -> None:
         if self.factor <= 0:
@@ -58,6 +62,8 @@ class ImageProcessor:
             raise MediaError(sample_id, ref.describe(), str(error)) from error
         if (target_width, target_height) != (width, height):
             image = image.resize((target_width, target_height), Image.Resampling.BICUBIC)
+        if self.blank:
+            return Image.new("RGB", image.size)
         return image
 
     def _decode(self, ref: MediaRef, sample_id: str) -> Image.Image:

@@ -2,7 +2,8 @@
 
 Each line is a JSON object: `messages` (required; chat messages whose content is a string or a list
 of `{"type": "text", "text": ...}` / `{"type": "image"|"video"|"audio"}` parts), and optionally `id`,
-`images` / `videos` / `audios` (paths, one per media part, in order), `privileged`, `answer`, `meta`.
+`images` / `videos` / `audios` (paths, one per media part, in order), `privileged`, `answer`,
+`context_answer`, `meta`.
 Every line is validated when the file is read; an error names the file and line. With
 `on_error: skip` (set from `data.on_error`) a bad line becomes a sample that fails when drawn, so it
 is skipped and listed in `skipped.txt` with the same reason, and the run goes on.
@@ -24,7 +25,7 @@ from mmopd.tasks import normalise_answer
 
 MEDIA_LIST_KEY = {"image": "images", "video": "videos", "audio": "audios"}
 PART_TYPES = ("text", *MEDIA_LIST_KEY)
-KNOWN_KEYS = ("id", "messages", "images", "videos", "audios", "privileged", "answer", "meta")
+KNOWN_KEYS = ("id", "messages", "images", "videos", "audios", "privileged", "answer", "context_answer", "meta")
 
 
 class JsonlError(ValueError):
@@ -75,8 +76,7 @@ class JsonlTask:
                     yield from (part["text"] for part in content if part["type"] == "text")
             if sample.privileged is not None:
                 yield sample.privileged
-            if sample.answer is not None:
-                yield sample.answer
+            yield from (text for text in (sample.answer, sample.context_answer) if text is not None)
 
     # cached_property writes to the instance dict directly, so it works on a frozen dataclass.
     @cached_property
@@ -155,7 +155,7 @@ def _parse_record(record: Any, default_id: str, root: Path, allow_outside_root: 
     sample_id = record.get("id", default_id)
     if not isinstance(sample_id, (str, int)) or isinstance(sample_id, bool):
         raise JsonlError(f"'id' must be a string or an integer, got {type(sample_id).__name__}")
-    for key in ("privileged", "answer"):
+    for key in ("privileged", "answer", "context_answer"):
         if record.get(key) is not None and not isinstance(record[key], str):
             raise JsonlError(f"'{key}' must be a string, got {type(record[key]).__name__}")
     meta = record.get("meta", {})
@@ -167,6 +167,7 @@ def _parse_record(record: Any, default_id: str, root: Path, allow_outside_root: 
         **media,
         privileged=record.get("privileged"),
         answer=record.get("answer"),
+        context_answer=record.get("context_answer"),
         meta=meta,
     )
 

@@ -9,6 +9,7 @@ text-only teacher knows the answer without seeing the image.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -31,6 +32,13 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
 }
 SHAPE_NAMES = ("circle", "square", "triangle")
 QUESTION_TEXT = {"colour": "What colour is the shape?", "shape": "What shape is it?"}
+ANSWER_STYLES = {
+    "word": {"colour": "{word}", "shape": "{word}"},
+    "sentence": {
+        "colour": "The colour of the shape in this image is {word}.",
+        "shape": "The shape in this image is a {word}.",
+    },
+}
 
 
 @TASKS.register("shapes")
@@ -54,6 +62,11 @@ class ShapesTask:
     """Number of evaluation samples."""
     seed: int = 0
     """Seed of the generator; each sample depends only on (seed, split, index)."""
+    answer_style: str = "word"
+    """word: the reference answer is the word ("red"), checked by exact match | sentence: it is a sentence
+    ("The colour of the shape in this image is red."), the one word is the sample's `context_answer` (what
+    a "be concise" context asks for), and the verifier accepts any answer that names the right word and no
+    wrong colour or shape."""
 
     def __post_init__(self) -> None:
         # YAML gives lists; tuples keep the frozen task hashable.
@@ -62,6 +75,8 @@ class ShapesTask:
         _check_choices("colours", self.colours, COLOUR_RGB)
         _check_choices("shapes", self.shapes, SHAPE_NAMES)
         _check_choices("questions", self.questions, QUESTION_TEXT)
+        if self.answer_style not in ANSWER_STYLES:
+            raise ValueError(f"answer_style must be word or sentence, got {self.answer_style!r}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
         if self.num_train < 0 or self.num_eval < 0:
@@ -81,6 +96,7 @@ class ShapesTask:
         question = rng.choice(self.questions)
         colour = rng.choice(self.colours)
         shape = rng.choice(self.shapes)
+        word = colour if question == "colour" else shape
         image = self._draw(rng, colour, shape)
         return Sample(
             id=f"shapes/{split}/{index}",
@@ -92,12 +108,18 @@ class ShapesTask:
             ],
             images=[MediaRef(kind="image", data=image)],
             privileged=_describe(colour, shape),
-            answer=colour if question == "colour" else shape,
+            answer=self._answer(question, word),
+            context_answer=word if self.answer_style == "sentence" else None,
             meta={"question": question, "colour": colour, "shape": shape},
         )
 
+    def _answer(self, question: str, word: str) -> str:
+        return ANSWER_STYLES[self.answer_style][question].format(word=word)
+
     def verify(self, completion: str, sample: Sample) -> bool:
-        return sample.answer is not None and normalise_answer(completion) == sample.answer
+        if self.answer_style == "word":
+            return sample.answer is not None and normalise_answer(completion) == sample.answer
+        return names_only_truth(completion, sample.meta["colour"], sample.meta["shape"], sample.meta["question"])
 
     def corpus(self) -> Iterator[str]:
         # Every question the task can ask, not only `questions`: a specialist fine-tuned on one kind of question
@@ -108,6 +130,10 @@ class ShapesTask:
                 yield _describe(colour, shape)
         yield from self.colours
         yield from self.shapes
+        if self.answer_style == "sentence":
+            for question, words in (("colour", self.colours), ("shape", self.shapes)):
+                if question in self.questions:
+                    yield from (self._answer(question, word) for word in words)
 
     def _draw(self, rng: random.Random, colour: str, shape: str) -> Image.Image:
         size = self.image_size
@@ -127,6 +153,15 @@ class ShapesTask:
         else:
             draw.polygon([(left, bottom), (right, bottom), ((left + right) / 2, top)], fill=fill)
         return image
+
+
+def names_only_truth(completion: str, colour: str, shape: str, question: str) -> bool:
+    """The completion names the asked-for word (`colour` or `shape`) and no colour or shape the image does not
+    have: "red", "The colour of the shape in this image is red." and "a red circle" pass for a red circle;
+    "blue", "red or blue" and "The colour ... is purple." do not."""
+    words = set(re.findall(r"[a-z]+", completion.lower()))
+    wrong = (set(COLOUR_RGB) - {colour}) | (set(SHAPE_NAMES) - {shape})
+    return (colour if question == "colour" else shape) in words and not words & wrong
 
 
 def _describe(colour: str, shape: str) -> str:

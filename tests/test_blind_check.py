@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 from mmopd.blind_check import BlindTeacherError, blank, check_teacher_sees_media, media_kl, probe_completions
+from mmopd.cli import main
+from mmopd.processors.image import ImageProcessor
 from mmopd.views import prepare, student_messages
 
 
@@ -68,3 +72,24 @@ def test_blanking_keeps_shapes_and_empties_content(motion, tones, media_processo
     assert black.frames.shape == video.frames.shape and black.frames.dtype == video.frames.dtype
     assert int(black.frames.max()) == 0 < int(video.frames.max()) and black.fps == video.fps
     assert silent.waveform.shape == audio.waveform.shape and not silent.waveform.any() and audio.waveform.any()
+
+
+def test_blank_image_processor_keeps_the_size_and_drops_the_content(task):
+    ref = task.eval_samples()[0].images[0]
+    seen, unseen = ImageProcessor().load(ref, "s"), ImageProcessor(blank=True).load(ref, "s")
+    assert unseen.size == seen.size and unseen.mode == "RGB"
+    assert unseen.getextrema() == ((0, 0), (0, 0), (0, 0)) and seen.getextrema() != unseen.getextrema()
+
+
+def test_blind_teacher_recipe_stops_before_training_and_the_sighted_one_trains(tmp_path, capsys):
+    recipe = str(Path(__file__).parent.parent / "configs" / "recipes" / "blind_teacher.yaml")
+    small = ["train.steps=1", "train.batch_size=4", "train.micro_batch_size=4", "eval.num_samples=4"]
+    small += ["data.task_args.image_size=56", "teacher.blind_probe_samples=4", "train.progress=false"]
+    blind, sighted = tmp_path / "blind", tmp_path / "sighted"
+    assert main(["train", recipe, *small, "--run-dir", str(blind)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: the teacher barely depends on the media: KL 0 <")
+    assert not (blind / "metrics.jsonl").exists() and not (blind / "checkpoints").exists()
+    assert main(["train", recipe, *small, "teacher.processor_args.image.blank=false", "--run-dir", str(sighted)]) == 0
+    summary = json.loads((sighted / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["teacher_media_kl"] > 1e-4

@@ -89,6 +89,8 @@ def test_recipe_trains_a_few_steps(path, tmp_path):
     overrides = list(SHORT)
     if load_config(path).warmup.student_steps:
         overrides.append("warmup.student_steps=2")
+    if path.stem == "blind_teacher":  # its teacher is blind on purpose; test_blind_check shows the run stopping
+        overrides.append("teacher.processor_args.image.blank=false")
     summary = run_recipe(path, overrides, tmp_path)
     steps = [record for record in read_metrics(tmp_path / "metrics.jsonl") if record["step"] > 0]
     assert summary["steps"] == 2 and [r["step"] for r in steps] == [1, 2]

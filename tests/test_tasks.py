@@ -12,7 +12,7 @@ from mmopd.processors.image import ImageProcessor
 from mmopd.registry import TASKS
 from mmopd.tasks import LazySamples, normalise_answer
 from mmopd.tasks.jsonl import JsonlTask
-from mmopd.tasks.shapes import COLOUR_RGB, QUESTION_TEXT, ShapesTask
+from mmopd.tasks.shapes import COLOUR_RGB, QUESTION_TEXT, SHAPE_NAMES, ShapesTask
 
 WHITE = (255, 255, 255)
 
@@ -210,6 +210,7 @@ BAD_LINES = {
     "escaping path": (with_line(images=["../secret.png"]), "leaves the file's directory"),
     "unknown key": (with_line(image=["x.png"]), "unknown keys ['image']"),
     "answer not a string": (with_line(answer=4), "'answer' must be a string"),
+    "context answer not a string": (with_line(context_answer=["red"]), "'context_answer' must be a string"),
     "bad id": (with_line(id=["a"]), "'id'"),
     "bad meta": (with_line(meta=[1]), "'meta'"),
     "duplicate id": (with_line(id="train:1"), "duplicate id"),
@@ -255,3 +256,52 @@ def test_jsonl_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
 def test_jsonl_needs_a_train_path() -> None:
     with pytest.raises(ValueError, match="train_path"):
         JsonlTask()
+
+
+def test_shapes_sentence_answers_have_a_one_word_concise_form() -> None:
+    task = ShapesTask(answer_style="sentence")
+    corpus = set(task.corpus())
+    for sample in task.eval_samples()[:40]:
+        word = sample.meta[sample.meta["question"]]
+        assert sample.context_answer == word and sample.answer != word and word in sample.answer.split()[-1]
+        assert sample.answer in corpus
+    # The word style is unchanged: the answer is the word and there is no separate concise form.
+    plain = ShapesTask().eval_samples()[0]
+    assert plain.context_answer is None and plain.answer == plain.meta[plain.meta["question"]]
+    with pytest.raises(ValueError, match="answer_style"):
+        ShapesTask(answer_style="essay")
+
+
+def test_shapes_sentence_verifier_accepts_either_form_and_nothing_false() -> None:
+    task = ShapesTask(answer_style="sentence")
+    colour_sample = next(s for s in task.eval_samples() if s.meta["question"] == "colour")
+    shape_sample = next(s for s in task.eval_samples() if s.meta["question"] == "shape")
+    colour, shape = colour_sample.meta["colour"], colour_sample.meta["shape"]
+    other_colour = next(c for c in COLOUR_RGB if c != colour)
+    other_shape = next(s for s in SHAPE_NAMES if s != shape)
+    for right in (colour_sample.answer, colour, f"{colour.upper()}.", f"It is a {colour} {shape}."):
+        assert task.verify(right, colour_sample), right
+    wrong_answers = (
+        colour_sample.answer.replace(colour, other_colour),  # a fluent sentence naming the wrong colour
+        other_colour,
+        f"{colour} or {other_colour}",
+        f"The {colour} {other_shape}.",  # right colour, false shape
+        "The colour of the shape in this image is",  # cut off before the answer
+        "",
+        f"{colour}dish",  # not the word
+    )
+    for wrong in wrong_answers:
+        assert not task.verify(wrong, colour_sample), wrong
+    shape_word = shape_sample.meta["shape"]
+    assert task.verify(shape_sample.answer, shape_sample) and task.verify(shape_word, shape_sample)
+    wrong_shape = next(s for s in SHAPE_NAMES if s != shape_word)
+    assert not task.verify(shape_sample.answer.replace(shape_word, wrong_shape), shape_sample)
+
+
+def test_jsonl_context_answer_is_read_and_in_the_corpus(tmp_path: Path) -> None:
+    line = {**GOOD_LINE, "answer": "The square is red.", "context_answer": "red", "images": []}
+    line["messages"] = [{"role": "user", "content": "What colour is the square?"}]
+    task = JsonlTask(train_path=str(write_jsonl(tmp_path / "train.jsonl", [json.dumps(line)])))
+    sample = task.train_samples()[0]
+    assert (sample.answer, sample.context_answer) == ("The square is red.", "red")
+    assert {"The square is red.", "red"} <= set(task.corpus())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mmopd.config import ConfigError, TeacherConfig
 from mmopd.sample import MediaError, MediaRef, Sample
 from mmopd.views import (
     SampleError,
@@ -91,3 +92,30 @@ def test_completions_follow_left_padded_prompts(task, student, processors):
         assert inputs["input_ids"][row, width : width + len(completion)].tolist() == completion
         assert inputs["attention_mask"][row, width:].sum() == len(completion)
     assert inputs["mm_token_type_ids"][:, width:].abs().sum() == 0
+
+
+def test_opsd_template_may_name_the_reference_answer(task, student, processors):
+    sample = task.eval_samples()[3]
+    messages = opsd_messages(sample, "Reference answer: {answer}\nHint: {privileged}\n")
+    context = messages[0]["content"][0]["text"]
+    assert context == f"Reference answer: {sample.answer}\nHint: {sample.privileged}\n"
+    assert "Reference answer" not in str(sample.messages)  # the sample's own messages are left as they were
+    prepared = prepare(sample, messages, student, processors)
+    assert prepared.text.index(context) < prepared.text.index("<|vision_start|>")
+
+
+def test_opsd_template_needs_only_the_fields_it_names(task):
+    sample = task.eval_samples()[0]
+    bare = Sample(id="bare-7", messages=sample.messages, images=sample.images)
+    # A fixed instruction (CRISP's "be concise") needs neither privileged text nor an answer.
+    assert opsd_messages(bare, "Answer in one word.\n")[0]["content"][0]["text"] == "Answer in one word.\n"
+    with pytest.raises(SampleError, match=r"'bare-7'.*reference answer \(\{answer\}\)"):
+        opsd_messages(bare, "Reference answer: {answer}\n")
+    with pytest.raises(SampleError, match=r"'bare-7'.*privileged text \(\{privileged\}\)"):
+        opsd_messages(bare, "Context: {privileged}\n")
+
+
+@pytest.mark.parametrize("template", ["Answer: {solution}\n", "Answer: {0}\n", "Answer: {answer\n"])
+def test_config_refuses_a_template_with_unknown_fields(template):
+    with pytest.raises(ConfigError, match="privileged_template"):
+        TeacherConfig(kind="self", privileged_template=template)
