@@ -51,20 +51,31 @@ def save_checkpoint(directory: Path, step: int, bundle: ModelBundle, state: dict
     shutil.rmtree(tmp, ignore_errors=True)
     bundle.save(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    manifest = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": manifest}, indent=1))
-    for path in [*files, tmp / MANIFEST]:
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+    write_manifest(tmp, {"step": step})
     crash_point("checkpoint")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(directory)
+    publish_dir(tmp, final)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_manifest(directory: Path, header: dict[str, Any]) -> None:
+    """`directory/manifest.json`: `header` plus every file's size and SHA-256; then everything is fsynced, so the
+    directory can be renamed into place (what `is_complete` and `is_intact` check)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    manifest = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (directory / MANIFEST).write_text(json.dumps({**header, "files": manifest}, indent=1))
+    for path in [*files, directory / MANIFEST]:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Rename the finished directory `tmp` to `final` (replacing it) and make the rename durable."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

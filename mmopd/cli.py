@@ -1,5 +1,5 @@
-"""`mmopd train | sft | eval | demo | recipe | compare | data check | align | bench`: thin wrappers that load a config (or
-read their arguments) and call one function."""
+"""`mmopd train | sft | eval | demo | recipe | compare | data check | align | bench | offline collect`: thin
+wrappers that load a config (or read their arguments) and call one function."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--resume", action="store_true", help="continue the run found in --run-dir")
     _add_compare_parser(commands)
     _add_data_parser(commands)
+    _add_offline_parser(commands)
     _add_align_parser(commands.add_parser("align", help="align a student's and a teacher's tokens of a text"))
     bench_kinds = commands.add_parser("bench", help="benchmarks that print measured figures").add_subparsers(
         dest="kind", required=True
@@ -89,6 +90,17 @@ def _add_data_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--jsonl", type=Path, help="check this JSONL file (jsonl task format) with default processors")
     check.add_argument("--json", action="store_true", help='print {"checked": n, "bad": [...]} as JSON')
     check.add_argument("--max-samples", type=int, default=0, help="check at most N samples per split (0: all)")
+
+
+def _add_offline_parser(commands: argparse._SubParsersAction) -> None:
+    offline = commands.add_parser("offline", help="offline OPD (Lightning OPD)", description="offline OPD")
+    about = "sample rollouts with the initial student and score them once with the teacher into offline.store"
+    collect = offline.add_subparsers(dest="offline_command", required=True).add_parser(
+        "collect", help=about, description=about
+    )
+    collect.add_argument("config", help="YAML config file")
+    collect.add_argument("overrides", nargs="*", help="a.b=value overrides")
+    collect.add_argument("--run-dir", type=Path, default=Path("."), help="where a relative offline.store lies")
 
 
 def _add_align_parser(parser: argparse.ArgumentParser) -> None:
@@ -153,6 +165,8 @@ def _run(args: argparse.Namespace) -> int:
         return _eval(args)
     if args.command == "data":
         return _data_check(args)
+    if args.command == "offline":
+        return _offline_collect(args)
     if args.command == "align":
         from mmopd.align_report import run as run_align
 
@@ -220,6 +234,18 @@ def _eval(args: argparse.Namespace) -> int:
         messages_for = partial(opsd_messages, template=config.teacher.privileged_template)
     result = evaluate_on_task(config, task, build_processors(config.data), student, messages_for)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _offline_collect(args: argparse.Namespace) -> int:
+    from mmopd.offline import collect_store, store_location
+
+    config = load_config(args.config, args.overrides)
+    if not config.offline.store:
+        raise ConfigError("offline collect needs a store directory: offline.store=PATH")
+    store = store_location(config, args.run_dir)
+    summary = collect_store(config, store)
+    print(json.dumps({"store": str(store), **summary}, indent=2))
     return 0
 
 

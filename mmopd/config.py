@@ -476,6 +476,38 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class OfflineConfig:
+    store: str = ""
+    """Offline OPD (Lightning OPD): a teacher-signal store directory. When set, training draws its batches from the
+    store's rollouts (sampled once by the initial student) and their precomputed teacher signal, and builds no
+    teacher; a missing store is collected first (also `mmopd offline collect`). A relative path lies in the run
+    directory. Empty: online OPD."""
+    num_rollouts: int = 0
+    """Rollouts to collect, rounded up to whole train.batch_size batches (0: train.steps × train.batch_size / passes);
+    training then cycles over them."""
+    passes: float = 1.0
+    """With num_rollouts 0: how many times training goes over the store (1: as many rollouts as online OPD samples)."""
+    hidden_dtype: str = "bfloat16"
+    """dtype of the stored teacher hidden states: bfloat16 | float16 | float32 (the loss upcasts to fp32)."""
+    sft_teacher: str = ""
+    """Teacher consistency reference: the model directory (or `sha256:...` weight digest) of the teacher whose
+    outputs the student was fine-tuned on. Empty: unknown (training warns that consistency is unchecked)."""
+    consistency: str = "error"
+    """A store whose teacher differs from `sft_teacher`: error (stop before training) | warn (train anyway, e.g.
+    to measure the bias)."""
+
+    def __post_init__(self):
+        if self.num_rollouts < 0:
+            raise ConfigError(f"offline.num_rollouts must be 0 (set by passes) or more, got {self.num_rollouts}")
+        if self.passes < 1:
+            raise ConfigError(f"offline.passes must be at least 1, got {self.passes}")
+        if self.hidden_dtype not in ("bfloat16", "float16", "float32"):
+            raise ConfigError(f"offline.hidden_dtype must be bfloat16, float16 or float32, got {self.hidden_dtype!r}")
+        if self.consistency not in ("error", "warn"):
+            raise ConfigError(f"offline.consistency must be error or warn, got {self.consistency!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     student: ModelConfig = field(default_factory=ModelConfig)
     """The student model."""
@@ -510,6 +542,8 @@ class Config:
     """Which of `teachers` scores a sample."""
     device: str = "cpu"
     """cpu | cuda | auto."""
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    """Offline OPD: train from a store of rollouts and teacher signal collected once (no live teacher)."""
 
     def __post_init__(self):
         if self.runtime not in ("local", "ray"):
@@ -523,6 +557,8 @@ class Config:
         if self.teacher.head_sharding == "vocab":
             check_vocab_sharding(self)
         check_rewards(self)
+        if self.offline.store:
+            check_offline(self)
 
 
 def check_rewards(config: Config) -> None:
@@ -548,6 +584,25 @@ def check_rewards(config: Config) -> None:
     if loss.reward_weight > 0 and config.teacher.kind == "model" and config.teacher.tokenizer != "student":
         raise ConfigError(
             "loss.reward_weight > 0 needs the student's tokenizer for the teacher; set teacher.tokenizer=student"
+        )
+
+
+def check_offline(config: Config) -> None:
+    """An offline store holds one teacher's signal on the student's tokens, for the local runtime."""
+    if config.runtime != "local" or config.teachers:
+        raise ConfigError("offline.store trains in one process from one teacher's store; set runtime: local")
+    if config.teacher.kind != "model":
+        raise ConfigError("offline.store holds a separate teacher's signal; set teacher.kind=model")
+    if config.teacher.tokenizer != "student":
+        raise ConfigError("offline.store holds signal on the student's tokens; set teacher.tokenizer=student")
+    if config.rollout.on_policy_fraction != 1 or config.loss.kind == "cross_entropy":
+        raise ConfigError(
+            "offline.store holds the student's own rollouts and their teacher signal; set "
+            "rollout.on_policy_fraction=1 and loss.kind to divergence or policy_gradient"
+        )
+    if config.loss.reward_weight or config.rollout.group_size > 1:
+        raise ConfigError(
+            "offline.store trains on stored teacher signal only; set loss.reward_weight=0 rollout.group_size=1"
         )
 
 

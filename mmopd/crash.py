@@ -3,7 +3,8 @@
 `MMOPD_CRASH_AT=point:step` (e.g. `loss:5`) makes the process SIGKILL itself the first time it
 reaches `crash_point(point)` during optimizer step `step`; unset, a crash point does nothing.
 Points: `rollout` (after sampling, before the teacher), `loss` (gradients accumulated, before the
-update), `checkpoint` (checkpoint files written, before the rename).
+update), `checkpoint` (checkpoint files written, before the rename), `store` (an offline teacher store written,
+before the rename; its step is 0).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import signal
 
 CRASH_ENV = "MMOPD_CRASH_AT"
-POINTS = ("rollout", "loss", "checkpoint")
+POINTS = ("rollout", "loss", "checkpoint")  # of a training step; `store` is reached only by a collection
 
 _current_step = 0
 

@@ -91,6 +91,10 @@ def train_on_runtime(config: Config, run_dir: Path, resume: bool = False) -> dic
         from mmopd.ray_driver import train as train_on_ray
 
         return train_on_ray(config, run_dir, resume=resume)
+    if config.offline.store:
+        from mmopd.offline import train_offline
+
+        return train_offline(config, run_dir, resume=resume)
     return train(config, run_dir, resume=resume)
 
 
@@ -124,7 +128,7 @@ def run_loop(
     progress = tqdm(total=steps, initial=state["step"], disable=not cfg.progress, dynamic_ncols=True)
     for step in range(state["step"] + 1, steps + 1):
         enter_step(step)
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        seed_step(cfg.seed, step)
         lr = learning_rate(step, steps, peak_lr, warmup_steps, cfg.schedule, cfg.min_lr_ratio)
         samples = grouped_batch_of(train_samples, step, batch_size, cfg.seed, group_size)
         record = {"step": step, **optimizer_step(model, optimizer, partial(step_fn, step, samples), lr, cfg)}
@@ -147,6 +151,11 @@ def run_loop(
     if state["step"] == steps:
         save_model_dir(bundle, run_dir / "final")
     return summary(state)
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Reseed torch from (seed, step): what a step samples does not depend on the steps before it."""
+    torch.manual_seed(seed * 1_000_003 + step)
 
 
 def evaluate_before(state: dict[str, Any], log: MetricsLog, eval_fn) -> None:
@@ -286,6 +295,30 @@ def render_batch(
 def opd_step(parts: Parts, samples: list[Sample], config: Config, step: int = 0) -> dict[str, Any]:
     """Sample, score, and accumulate gradients for one optimizer step; returns its metrics."""
     began = time.perf_counter()
+    prompts, rollouts, signals, reasons, source_metrics = sample_and_score(parts, samples, config, step)
+    if config.train.release_heap:
+        # Generation and scoring leave freed heap that the loss's (tokens × V) chunk buffers (mmapped) cannot
+        # reuse: returned first, it is not resident under the step's peak (~80 MB at the bench's default work).
+        release_free_heap()
+    supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
+    advantages, reward_stats = [], {}
+    if config.loss.reward_weight:
+        # The whole step's rewards before any loss: a group's advantage needs all its rollouts.
+        verify, group_size, scale = parts.task.verify, config.rollout.group_size, config.loss.advantage_scale
+        advantages, reward_stats = step_advantages(rollouts, parts.student.tokenizer, verify, group_size, scale)
+    batch = LearnerBatch(prompts, rollouts, signals, supervised, advantages=advantages)
+    totals = accumulate_gradients(parts.student, batch, config)
+    if parts.teacher is None:
+        totals.pop("kl")  # no teacher, no distance to it
+    signal_bytes = sum(signal.num_bytes() for signal in signals)
+    metrics = step_metrics(rollouts, supervised, signal_bytes, len(reasons), began)
+    return {**totals, **reward_stats, **metrics, **source_metrics}
+
+
+def sample_and_score(parts: Parts, samples: list[Sample], config: Config, step: int = 0) -> tuple:
+    """One step's collated student prompts, rollouts (per micro-batch, seeded from the step's generator), the
+    teacher's signal for them, why samples were skipped (reported), and the completion sources' metrics. Also what
+    an offline store collects."""
     seed_base = rollout_seed_base()
     rendered, reasons = render_batch(parts, samples, config.data.on_error, config.data.max_prompt_tokens)
     # rollout.on_policy_fraction < 1: some samples get an off-policy completion (answers or the teacher's).
@@ -312,23 +345,7 @@ def opd_step(parts: Parts, samples: list[Sample], config: Config, step: int = 0)
     reasons += [reason for signal in signals for reason in dropped_samples(signal)]
     for reason in reasons:
         parts.report_skip(reason)
-    if config.train.release_heap:
-        # Generation and scoring leave freed heap that the loss's (tokens × V) chunk buffers (mmapped) cannot
-        # reuse: returned first, it is not resident under the step's peak (~80 MB at the bench's default work).
-        release_free_heap()
-    supervised = sum(supervised_tokens(group_rollouts, s) for group_rollouts, s in zip(rollouts, signals))
-    advantages, reward_stats = [], {}
-    if config.loss.reward_weight:
-        # The whole step's rewards before any loss: a group's advantage needs all its rollouts.
-        verify, group_size, scale = parts.task.verify, config.rollout.group_size, config.loss.advantage_scale
-        advantages, reward_stats = step_advantages(rollouts, parts.student.tokenizer, verify, group_size, scale)
-    batch = LearnerBatch(prompts, rollouts, signals, supervised, advantages=advantages)
-    totals = accumulate_gradients(parts.student, batch, config)
-    if parts.teacher is None:
-        totals.pop("kl")  # no teacher, no distance to it
-    signal_bytes = sum(signal.num_bytes() for signal in signals)
-    metrics = step_metrics(rollouts, supervised, signal_bytes, len(reasons), began)
-    return {**totals, **reward_stats, **metrics, **sources.metrics(rollouts)}
+    return prompts, rollouts, signals, reasons, sources.metrics(rollouts)
 
 
 def step_metrics(rollouts, supervised: int, signal_bytes: int, skipped: int, began: float) -> dict[str, float]:
