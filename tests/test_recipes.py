@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from mmopd.build import build_parts, evaluate_on_task
+from mmopd.cli import parse
 from mmopd.config import load_config
 from mmopd.evaluate import evaluate
 from mmopd.metrics import read_metrics
@@ -96,3 +99,23 @@ def test_recipe_trains_a_few_steps(path, tmp_path):
     assert summary["steps"] == 2 and [r["step"] for r in steps] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in steps)
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
+
+
+DOCS = (ROOT / "docs" / "recipes.md").read_text()
+
+
+def docs_commands() -> list[list[str]]:
+    """Every `mmopd ...` line of docs/recipes.md's shell blocks, as argv without the program name."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", DOCS, re.MULTILINE | re.DOTALL)
+    return [shlex.split(line)[1:] for block in blocks for line in block.splitlines() if line.startswith("mmopd ")]
+
+
+@pytest.mark.parametrize("argv", docs_commands(), ids=lambda argv: " ".join(argv)[:60])
+def test_docs_command_parses_and_its_config_loads(argv):
+    args = parse(argv)
+    load_config(ROOT / args.config, args.overrides)
+
+
+def test_docs_have_a_section_and_a_command_for_every_recipe():
+    run = {args[1] for args in docs_commands() if args[0] == "recipe"}
+    assert run == {f"configs/recipes/{path.name}" for path in RECIPES}
