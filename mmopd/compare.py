@@ -38,8 +38,8 @@ METHODS: dict[str, list[str]] = {
         "rollout.group_size=8",
     ],
 }
-REACH = 0.9
-"""A method "reaches the teacher" at the first evaluation whose accuracy is at least REACH × the teacher's."""
+REACH = (0.5, 0.75, 0.9)
+"""A run reaches level L at its first evaluation whose accuracy is at least L × the teacher's."""
 
 
 def compare(
@@ -96,47 +96,60 @@ def curve(records: list[dict[str, Any]], batch_size: int) -> dict[str, list[floa
 
 
 def method_row(runs: list[dict[str, list[float]]], teacher_accuracy: float | None) -> dict[str, Any]:
-    """Final accuracy over seeds, and the samples and tokens each seed needed to reach REACH × the teacher."""
+    """Final accuracy over seeds, and for each REACH level the samples and tokens the seeds that reach it needed."""
     finals = [run["accuracy"][-1] for run in runs]
-    reached = [first_reach(run, teacher_accuracy) for run in runs] if teacher_accuracy else []
-    hits = [point for point in reached if point is not None]
-    return {
+    row: dict[str, Any] = {
         "accuracy_mean": statistics.mean(finals),
         "accuracy_min": min(finals),
         "accuracy_max": max(finals),
-        "seeds_reaching_teacher": len(hits),
-        "samples_to_reach": statistics.mean(p["samples"] for p in hits) if hits else None,
-        "tokens_to_reach": statistics.mean(p["tokens"] for p in hits) if hits else None,
         "samples_total": runs[0]["samples"][-1],
         "tokens_total": statistics.mean(run["tokens"][-1] for run in runs),
+        "reach": {},
     }
+    for level in REACH if teacher_accuracy else ():
+        hits = [point for point in (first_reach(run, level * teacher_accuracy) for run in runs) if point is not None]
+        row["reach"][f"{level:g}"] = {
+            "seeds": len(hits),
+            "samples": statistics.mean(p["samples"] for p in hits) if hits else None,
+            "tokens": statistics.mean(p["tokens"] for p in hits) if hits else None,
+        }
+    return row
 
 
-def first_reach(run: dict[str, list[float]], teacher_accuracy: float) -> dict[str, float] | None:
+def first_reach(run: dict[str, list[float]], accuracy_needed: float) -> dict[str, float] | None:
+    """Samples and tokens at the run's first evaluation with at least `accuracy_needed`; None if it never does."""
     for index, accuracy in enumerate(run["accuracy"]):
-        if accuracy >= REACH * teacher_accuracy:
+        if accuracy >= accuracy_needed:
             return {"samples": run["samples"][index], "tokens": run["tokens"][index]}
     return None
 
 
 def table(result: dict[str, Any]) -> str:
-    """The comparison as a Markdown table."""
-    teacher = result["teacher_accuracy"]
+    """The comparison as a Markdown table: final accuracy, then per REACH level the samples (and tokens) to it."""
+    teacher, seeds = result["teacher_accuracy"], len(result["seeds"])
+    levels = list(next(iter(result["methods"].values()))["reach"])
     lines = [
         f"Teacher accuracy {teacher if teacher is None else f'{teacher:.3f}'}; student at start "
-        f"{result['student_start_accuracy']:.3f}; seeds {result['seeds']}; reach = first evaluation at ≥ "
-        f"{REACH:g} × the teacher's accuracy (mean over the seeds that reach it).",
+        f'{result["student_start_accuracy"]:.3f}; seeds {result["seeds"]}. "samples (tokens) to L×": samples trained '
+        "on (tokens generated) until the first evaluation at L × the teacher's accuracy, mean over the seeds that "
+        "reach it, with how many do.",
         "",
-        "| method | accuracy (mean, min–max) | seeds reaching | samples to reach | tokens to reach | samples | tokens |",
-        "|---|---|---|---|---|---|---|",
+        "| method | final accuracy (mean, min–max) | "
+        + " | ".join(f"samples (tokens) to {lv}×" for lv in levels)
+        + " |",
+        "|---|---|" + "---|" * len(levels),
     ]
     for name, row in result["methods"].items():
-        reach = [f"{row[key]:,.0f}" if row[key] is not None else "—" for key in ("samples_to_reach", "tokens_to_reach")]
-        lines.append(
-            f"| {name} | {row['accuracy_mean']:.3f} ({row['accuracy_min']:.3f}–{row['accuracy_max']:.3f}) | "
-            f"{row['seeds_reaching_teacher']}/{len(result['seeds'])} | {reach[0]} | {reach[1]} | "
-            f"{row['samples_total']:,.0f} | {row['tokens_total']:,.0f} |"
-        )
+        cells = []
+        for level in levels:
+            reach = row["reach"][level]
+            cells.append(
+                f"{reach['samples']:,.0f} ({reach['tokens']:,.0f}), {reach['seeds']}/{seeds}"
+                if reach["seeds"]
+                else f"— (0/{seeds})"
+            )
+        accuracy = f"{row['accuracy_mean']:.3f} ({row['accuracy_min']:.3f}–{row['accuracy_max']:.3f})"
+        lines.append(f"| {name} | {accuracy} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

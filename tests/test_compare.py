@@ -29,11 +29,13 @@ def test_curve_counts_samples_and_generated_tokens():
 
 def test_reach_is_the_first_evaluation_at_the_threshold():
     run = {"samples": [0, 10, 20, 30], "tokens": [0, 1, 2, 3], "accuracy": [0.0, 0.5, 0.95, 0.8]}
-    assert first_reach(run, 1.0) == {"samples": 20, "tokens": 2}
-    assert first_reach(run, 1.0 / REACH * 0.5) == {"samples": 10, "tokens": 1}
-    assert first_reach({**run, "accuracy": [0.0] * 4}, 1.0) is None
+    assert first_reach(run, 0.9) == {"samples": 20, "tokens": 2}
+    assert first_reach(run, 0.5) == {"samples": 10, "tokens": 1}
+    assert first_reach({**run, "accuracy": [0.0] * 4}, 0.9) is None
     row = method_row([run, {**run, "accuracy": [0.0, 0.0, 0.0, 0.2]}], teacher_accuracy=1.0)
-    assert row["seeds_reaching_teacher"] == 1 and row["samples_to_reach"] == 20
+    assert set(row["reach"]) == {f"{level:g}" for level in REACH}
+    assert row["reach"]["0.9"] == {"seeds": 1, "samples": 20, "tokens": 2}
+    assert row["reach"]["0.5"] == {"seeds": 1, "samples": 10, "tokens": 1}
     assert row["accuracy_mean"] == pytest.approx(0.5) and (row["accuracy_min"], row["accuracy_max"]) == (0.2, 0.8)
 
 
