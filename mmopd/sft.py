@@ -28,6 +28,7 @@ from mmopd.models import ModelBundle, output_head
 from mmopd.sample import Sample
 from mmopd.trainer import BAD_SAMPLE, run_loop
 from mmopd.views import (
+    SampleError,
     collate,
     completion_hidden_states,
     opsd_messages,
@@ -109,10 +110,10 @@ def sft_step(bundle: ModelBundle, samples, view_for, processors, config: Config)
         try:
             messages, answer = view_for(sample)
             if answer is None:
-                raise ValueError(f"sample {sample.id!r} has no answer to fine-tune on")
+                raise SampleError(f"sample {sample.id!r} has no answer to fine-tune on")
             prepared.append(prepare(sample, messages, bundle, processors))
             answers.append(answer_ids(bundle, answer))
-        except (*BAD_SAMPLE, ValueError) as error:
+        except BAD_SAMPLE as error:  # as in OPD; a wrong view function raises instead of training on nothing
             if config.data.on_error == "raise":
                 raise
             skipped.append(str(error))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from mmopd.config import TeacherConfig
-from mmopd.sft import has_context, warmup_view
+from mmopd.config import TeacherConfig, load_config
+from mmopd.sft import has_context, sft_step, warmup_view
 from mmopd.tasks.shapes import ShapesTask
 from mmopd.teacher import build_teacher
 from mmopd.views import collate, prepare, student_messages
@@ -51,3 +53,15 @@ def test_context_answer_falls_back_to_the_answer():
     sample = ShapesTask().train_samples()[0]  # word answers: no separate concise form
     messages, answer = warmup_view(sample, 1.0, "Reference answer: {answer}\n")
     assert answer == sample.answer and messages[0]["content"][0]["text"] == f"Reference answer: {sample.answer}\n"
+
+
+def test_a_sample_without_an_answer_is_skipped_but_a_broken_view_function_raises(student, processors):
+    config = load_config(None, ["data.on_error=skip"])
+    samples = [ShapesTask(num_eval=4).sample("train", index) for index in range(2)]
+    own_view = lambda sample: warmup_view(sample, 0.0, "")  # noqa: E731
+    record, skipped = sft_step(student, [replace(samples[0], answer=None), samples[1]], own_view, processors, config)
+    assert record["loss"] > 0 and len(skipped) == 1 and "has no answer" in skipped[0]
+    with pytest.raises(ValueError, match="unpack"):
+        sft_step(
+            student, samples, student_messages, processors, config
+        )  # returns messages only, not (messages, answer)
