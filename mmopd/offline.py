@@ -16,13 +16,13 @@ import torch
 import yaml
 
 from mmopd.build import Parts, build_parts
+from mmopd.completions import rendered_positions
 from mmopd.config import Config, ModelConfig, to_dict
 from mmopd.crash import enter_step
 from mmopd.cross_teacher import CrossTokenizerTeacher
 from mmopd.learner import LearnerBatch, accumulate_gradients
-from mmopd.models import build_model
+from mmopd.models import DTYPES, build_model
 from mmopd.teacher_store import (
-    DTYPES,
     StoredRollout,
     StoreError,
     TeacherStore,
@@ -32,8 +32,8 @@ from mmopd.teacher_store import (
     weights_digest,
     write_store,
 )
-from mmopd.trainer import BAD_SAMPLE, batch_of, check_prompt_length, run_loop, sample_and_score, seed_step, step_metrics
-from mmopd.views import collate, prepare, student_messages
+from mmopd.trainer import batch_of, render_batch, run_loop, sample_and_score, seed_step, step_metrics
+from mmopd.views import collate, student_messages
 
 # Config sections that decide what a store holds: a store made under other values is another experiment.
 STORE_KEYS = ("tokenizer", "teacher", "data", "rollout")
@@ -146,18 +146,9 @@ def offline_step(
 ) -> dict[str, Any]:
     """One optimizer step on stored rollouts: re-render the student's prompts, read the teacher's stored signal."""
     began = time.perf_counter()
-    kept, reasons = [], []
-    for record in records:
-        sample = train_samples[record.index]
-        try:
-            view = prepare(sample, student_messages(sample), parts.student, parts.processors)
-            check_prompt_length(view, parts.student, config.data.max_prompt_tokens)
-        except BAD_SAMPLE as error:
-            if config.data.on_error == "raise":
-                raise
-            reasons.append(str(error))
-            continue
-        kept.append((view, record))
+    samples = [train_samples[record.index] for record in records]
+    rendered, reasons = render_batch(parts, samples, config.data.on_error, config.data.max_prompt_tokens)
+    kept = [(r.student, records[i]) for r, i in zip(rendered, rendered_positions(samples, rendered))]
     for reason in reasons:
         parts.report_skip(reason)
     micro = config.train.micro_batch_size

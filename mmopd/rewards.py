@@ -34,7 +34,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std")
     summing to 0. `group_size` 1 makes the whole step one group (a batch-mean baseline, scaled by the batch std)."""
     if rewards.numel() == 0:  # every sample of the step was skipped
         return rewards
-    groups = rewards.view(1, -1) if group_size == 1 else rewards.view(-1, group_size)  # (G, n)
+    groups = as_groups(rewards, group_size)  # (G, n)
     centred = groups - groups.mean(dim=1, keepdim=True)
     if scale == "std" and groups.shape[1] > 1:
         # The unbiased std, as GRPO's reference code and TRL compute it.
@@ -42,11 +42,16 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std")
     return centred.reshape(-1)  # (R,)
 
 
+def as_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(R,) → (G, n): one row per group; `group_size` 1 makes the whole step one group."""
+    return rewards.view(1, -1) if group_size == 1 else rewards.view(-1, group_size)
+
+
 def reward_metrics(rewards: torch.Tensor, group_size: int) -> dict[str, float]:
     """The step's mean reward and the fraction of groups whose rewards are all equal (zero advantage: no signal)."""
     if rewards.numel() == 0:
         return {"reward": 0.0, "zero_advantage_groups": 1.0}
-    groups = rewards.view(1, -1) if group_size == 1 else rewards.view(-1, group_size)  # (G, n)
+    groups = as_groups(rewards, group_size)  # (G, n)
     flat = (groups == groups[:, :1]).all(dim=1)  # (G,)
     return {"reward": float(rewards.mean()), "zero_advantage_groups": float(flat.float().mean())}
 

@@ -24,7 +24,6 @@ from mmopd.crash import crash_point
 from mmopd.sample import Rollout, Sample, TeacherSignal
 
 FORMAT = 1
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class StoreError(ConfigError):
