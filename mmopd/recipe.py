@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from functools import partial
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from mmopd.build import build_processors, build_task, build_teacher_model, evaluate_on_task
 from mmopd.config import Config, TeacherConfig, from_dict, load_config
-from mmopd.metrics import plot_metrics
+from mmopd.metrics import plot_metrics, read_metrics
 from mmopd.sft import sft
 from mmopd.trainer import train_on_runtime
 from mmopd.views import student_messages, text_view_messages
@@ -50,12 +51,10 @@ def warm_up(config: Config, run_dir: Path, resume: bool) -> tuple[list[str], dic
     stages: dict[str, dict[str, Any]] = {}
     warmed = []
     for name, teacher_config, key in teachers_to_warm_up(config):
-        summary = run_stage(run_dir / f"{name}_sft", resume, lambda d, r, c=teacher_config: sft(c, d, resume=r))
-        model_dir = run_dir / f"{name}_sft" / "final"
-        if teacher_config.data != config.data:  # a specialist: how it does on every domain, not only its own
-            summary = {**summary, "eval_all_domains": evaluate_teacher(config, teacher_config.teacher, model_dir)}
-        stages[f"{name}_sft"] = summary
-        warmed.append(f"{key}.model.path={model_dir}")
+        stages[f"{name}_sft"] = run_stage(
+            run_dir / f"{name}_sft", resume, partial(warm_up_teacher, config, teacher_config)
+        )
+        warmed.append(f"{key}.model.path={run_dir / f'{name}_sft' / 'final'}")
     if config.warmup.student_steps:
         student_config = student_warmup_config(config)
         stages["student_sft"] = run_stage(
@@ -87,6 +86,14 @@ def teachers_to_warm_up(config: Config) -> list[tuple[str, Config, str]]:
         )
         stages.append((stage, sft_config, key))
     return stages
+
+
+def warm_up_teacher(config: Config, teacher_config: Config, stage_dir: Path, resume: bool) -> dict[str, Any]:
+    """One teacher's SFT; a specialist (its own task arguments) is also evaluated on every domain of the run's task."""
+    summary = sft(teacher_config, stage_dir, resume=resume)
+    if teacher_config.data != config.data:
+        summary["eval_all_domains"] = evaluate_teacher(config, teacher_config.teacher, stage_dir / "final")
+    return summary
 
 
 def evaluate_teacher(config: Config, teacher: TeacherConfig, model_dir: Path) -> dict[str, float]:
@@ -122,7 +129,7 @@ def run_stage(stage_dir: Path, resume: bool, run) -> dict[str, Any]:
 
 def eval_lengths(metrics_path: Path) -> dict[str, float]:
     """Mean greedy completion length (tokens) at the first and the last evaluation of a run."""
-    evals = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if "eval_completion_tokens" in r]
+    evals = [record for record in read_metrics(metrics_path) if "eval_completion_tokens" in record]
     if not evals:
         return {}
     return {
